@@ -1,0 +1,132 @@
+"""Export a trained classifier as a self-contained artifact, and load artifacts back.
+
+The artifact is one file that loads with torch alone, without this project's code:
+
+* ``torchscript`` (default, ``.pt``): ``torch.jit.load`` -> module. TorchServe's stock
+  loader reads it; it stays differentiable, so evaluation and the demo can attack it.
+* ``export`` (``.pt2``): a ``torch.export`` ExportedProgram; ``torch.export.load(p).module()``.
+
+Either way the module maps [0, 1] NCHW float images to logits with normalisation inside, in
+eval mode. Beside it, ``<stem>.json`` holds the metadata (class names, input size, mean/std,
+method and settings, training eps, metrics, sha256 of the model file). Serving reads only
+that file pair.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+FORMATS = {"torchscript": ".pt", "export": ".pt2"}
+METADATA_SCHEMA = 1
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def metadata_path(artifact: str | os.PathLike) -> Path:
+    return Path(artifact).with_suffix(".json")
+
+
+class _LogitsOnly(nn.Module):
+    """Wrapper so the exported graph is exactly ``forward(x) -> logits`` in eval mode."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def export_artifact(
+    model: nn.Module,
+    out: str | os.PathLike,
+    metadata: dict[str, Any],
+    input_size: tuple[int, int, int] = (3, 32, 32),
+    fmt: str | None = None,
+) -> Path:
+    """Write ``model`` to ``out`` (format from ``fmt`` or the suffix) and its metadata JSON.
+
+    ``metadata`` should carry at least ``classes``; this function adds format, file name,
+    input size, sha256 and torch version. Files are written atomically.
+    """
+    out = Path(out)
+    fmt = fmt or ("export" if out.suffix == ".pt2" else "torchscript")
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
+    if "classes" not in metadata:
+        raise ValueError("metadata must list 'classes' (the label of each logit)")
+    module = _LogitsOnly(copy.deepcopy(model).float().cpu().eval()).eval()
+    example = torch.rand(2, *input_size)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    with torch.no_grad():
+        if fmt == "torchscript":
+            with warnings.catch_warnings():
+                # torch >= 2.10 flags torch.jit as deprecated; the format is still what
+                # TorchServe's stock loader and every torch release we support read.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                traced = torch.jit.trace(module, example, check_trace=False)
+                torch.jit.save(traced, str(tmp))
+        else:
+            batch = torch.export.Dim("batch", min=1, max=4096)
+            program = torch.export.export(module, (example,), dynamic_shapes={"x": {0: batch}})
+            torch.export.save(program, str(tmp))
+    os.replace(tmp, out)
+    meta = dict(metadata)
+    meta.update(
+        schema=METADATA_SCHEMA,
+        format=fmt,
+        file=out.name,
+        input_size=list(input_size),
+        num_classes=len(metadata["classes"]),
+        sha256=sha256_file(out),
+        torch_version=torch.__version__,
+    )
+    write_json_atomic(metadata_path(out), meta)
+    return out
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(obj, fh, indent=2, sort_keys=False, default=str)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def load_artifact(path: str | os.PathLike, verify: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+    """Load an exported artifact and its metadata (empty dict if no JSON lies beside it).
+
+    With ``verify`` the file's sha256 must match the metadata's.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no model artifact at {path}")
+    meta_file = metadata_path(path)
+    meta: dict[str, Any] = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    if verify and meta.get("sha256") and sha256_file(path) != meta["sha256"]:
+        raise ValueError(f"{path}: sha256 does not match {meta_file}; the file was changed or corrupted")
+    fmt = meta.get("format") or ("export" if path.suffix == ".pt2" else "torchscript")
+    if fmt == "export":
+        module = torch.export.load(str(path)).module()
+    else:
+        module = torch.jit.load(str(path), map_location="cpu")
+        module.eval()
+    return module, meta
