@@ -74,13 +74,13 @@ def export_artifact(
     module = _LogitsOnly(copy.deepcopy(model).float().cpu().eval()).eval()
     example = torch.rand(2, *input_size)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = out.with_name(f".tmp-{out.name}")  # same suffix: torch.export checks it
     with torch.no_grad():
         if fmt == "torchscript":
             with warnings.catch_warnings():
                 # torch >= 2.10 flags torch.jit as deprecated; the format is still what
                 # TorchServe's stock loader and every torch release we support read.
-                warnings.simplefilter("ignore", DeprecationWarning)
+                warnings.simplefilter("ignore", FutureWarning)
                 traced = torch.jit.trace(module, example, check_trace=False)
                 torch.jit.save(traced, str(tmp))
         else:
@@ -125,8 +125,53 @@ def load_artifact(path: str | os.PathLike, verify: bool = True) -> tuple[nn.Modu
         raise ValueError(f"{path}: sha256 does not match {meta_file}; the file was changed or corrupted")
     fmt = meta.get("format") or ("export" if path.suffix == ".pt2" else "torchscript")
     if fmt == "export":
-        module = torch.export.load(str(path)).module()
+        module: nn.Module = FrozenEval(torch.export.load(str(path)).module())
     else:
-        module = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            module = torch.jit.load(str(path), map_location="cpu")
         module.eval()
     return module, meta
+
+
+class FrozenEval(nn.Module):
+    """Holds a module exported in eval mode. ``torch.export`` modules refuse ``train()`` /
+    ``eval()``; attacks switch modes, so this wrapper accepts the call and stays frozen."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def train(self, mode: bool = True) -> "FrozenEval":
+        self.training = False  # always eval: BatchNorm statistics were frozen at export
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+
+def _is_torchscript(path: Path) -> bool:
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any(name.endswith("constants.pkl") for name in zf.namelist())
+
+
+def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+    """Any model clead produces: an exported artifact (``.pt`` TorchScript, ``.pt2``), a
+    training checkpoint, or a run directory. Returns (module in eval mode, metadata)."""
+    from training.checkpoint import model_from_checkpoint  # avoids a cycle at import
+
+    path = Path(path)
+    if path.is_file() and (path.suffix == ".pt2" or _is_torchscript(path)):
+        return load_artifact(path)
+    model, state = model_from_checkpoint(path)
+    meta = {
+        "classes": state["classes"],
+        "name": Path(path).stem,
+        "method": state.get("config", {}).get("method", {}).get("name"),
+        "source": "checkpoint",
+    }
+    return model, meta

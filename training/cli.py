@@ -1,0 +1,41 @@
+"""``clead-train``: train (``fit``), export and evaluate robust classifiers.
+
+The CLI only parses arguments and builds config dataclasses; each subcommand's arguments
+and entry point live beside the code they drive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from training import evaluation, export_cli, train
+
+    parser = argparse.ArgumentParser(prog="clead-train", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, module, help_text in (
+        ("fit", train, "train a classifier with C-LEAD or a baseline method"),
+        ("export", export_cli, "export a run's best checkpoint as a self-contained artifact"),
+        ("eval", evaluation, "evaluate robustness under attacks and write a report"),
+    ):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(p)
+        p.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except (ValueError, FileNotFoundError) as exc:
+        # Contract breaches carry a message a user can act on; show it without a traceback.
+        print(f"clead-train {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

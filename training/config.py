@@ -1,0 +1,171 @@
+"""Run configuration: one dataclass per concern, with units and defaults.
+
+The CLI builds a ``TrainConfig`` (YAML file, then flags on top); the library never sees
+argparse. ``validate`` runs before any data is loaded, so a bad option fails in a second
+with a message naming it. The resolved config is saved beside every run and inside every
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any, Optional
+
+from training.data import DataConfig
+
+
+def parse_eps(value: str | float) -> float:
+    """``"8/255"``, ``"0.0314"`` or a float -> float in [0, 1] pixel units."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        return float(Fraction(value.strip()))
+    except (ValueError, ZeroDivisionError) as exc:
+        raise ValueError(f"cannot parse {value!r} as a number (write e.g. 8/255 or 0.031)") from exc
+
+
+@dataclass
+class ModelConfig:
+    name: str = "preact_resnet18"  # a registered model, see training.models.model_names()
+    width: Optional[float] = None  # channel multiplier for preact_resnet18 / tiny_cnn (1.0 = paper width)
+
+
+@dataclass
+class AttackConfig:
+    """The inner maximisation of adversarial methods (L-inf unless ``norm`` says otherwise)."""
+
+    eps: float = 8 / 255  # radius in [0, 1] pixel units
+    steps: int = 10  # PGD steps; 1 = FGSM-RS fast adversarial training (Wong et al. 2020)
+    alpha: Optional[float] = None  # step size in pixel units; default 1.25*eps for 1 step, else 2.5*eps/steps
+    norm: str = "linf"  # "linf" or "l2"
+    mode: str = "train"  # model mode while attacking: "train" (batch stats, as Wong/Rice) or "eval"
+
+    def step_size(self) -> float:
+        if self.alpha is not None:
+            return self.alpha
+        return 1.25 * self.eps if self.steps == 1 else 2.5 * self.eps / self.steps
+
+
+@dataclass
+class MethodConfig:
+    """Which training method and its own options (unused options are ignored by the others)."""
+
+    name: str = "clead"  # standard | pgd-at | trades | clead
+    trades_beta: float = 6.0  # TRADES: weight of KL(clean || adv) (Zhang et al. 2019 use 6)
+    clead_loss: str = "ntxent"  # C-LEAD contrastive loss: ntxent (pair positives) | supcon (label positives)
+    clead_tau: float = 0.5  # C-LEAD temperature of the contrastive softmax (> 0)
+    clead_weight: float = 1.0  # C-LEAD lambda: weight of the contrastive term
+    clead_proj_dim: int = 128  # C-LEAD projection (embedding) dimension
+    clead_ce_on: str = "adv"  # which views carry cross-entropy: adv | clean | both
+    clead_inner: str = "ce"  # what the inner attack maximises: ce | contrastive | sum
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = "sgd"  # sgd (momentum, nesterov) | adamw
+    lr: float = 0.1  # peak learning rate
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"  # onecycle (linear up then down, Wong et al. 2020) | cosine (with warmup)
+    warmup: float = 0.4  # fraction of all steps spent rising linearly to the peak lr (0.4 = Wong et al.)
+    label_smoothing: float = 0.0  # off by default: it can mask gradients and inflate robustness
+    grad_clip: Optional[float] = None  # max global grad norm, None = off
+
+
+@dataclass
+class TrainConfig:
+    method: MethodConfig = field(default_factory=MethodConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    epochs: int = 10
+    out: str = "runs/default"  # run directory: checkpoints, metrics.jsonl, config.yaml
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
+    channels_last: Optional[bool] = None  # None = on for CUDA
+    compile: bool = False  # torch.compile the model
+    val_n: Optional[int] = 500  # validation images attacked each epoch (None = the whole split)
+    val_attack_steps: int = 10  # PGD steps of the validation attack (at the training eps)
+    patience: Optional[int] = None  # early stop after this many epochs without a better robust val acc
+    resume: bool = False  # continue from out/last.pt
+
+
+METHODS = ("standard", "pgd-at", "trades", "clead")
+ADVERSARIAL = ("pgd-at", "trades", "clead")
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Raise ``ValueError`` naming the first invalid option. Runs before any data is loaded."""
+    from training.methods import method_names
+    from training.models import model_names
+
+    def check(ok: bool, option: str, message: str) -> None:
+        if not ok:
+            raise ValueError(f"invalid option {option}: {message}")
+
+    m, a, o = cfg.method, cfg.attack, cfg.optim
+    check(m.name in method_names(), "--method", f"unknown method {m.name!r}; valid: {', '.join(method_names())}")
+    check(cfg.model.name in model_names(), "--model", f"unknown model {cfg.model.name!r}; valid: {', '.join(model_names())}")
+    check(cfg.model.width is None or cfg.model.width > 0, "--width", f"must be > 0, got {cfg.model.width}")
+    check(cfg.epochs >= 1, "--epochs", f"must be >= 1, got {cfg.epochs}")
+    check(a.eps >= 0, "--eps", f"must be >= 0 (pixel units in [0, 1]), got {a.eps}")
+    check(a.eps <= 1, "--eps", f"must be <= 1 (pixel units: write 8/255, not 8), got {a.eps}")
+    check(a.norm in ("linf", "l2"), "--attack-norm", f"must be linf or l2, got {a.norm!r}")
+    check(a.mode in ("train", "eval"), "--attack-mode", f"must be train or eval, got {a.mode!r}")
+    if m.name in ADVERSARIAL:
+        check(a.steps >= 1, "--attack-steps", f"must be >= 1 for the adversarial method {m.name!r}, got {a.steps}")
+        check(a.eps > 0, "--eps", f"must be > 0 for the adversarial method {m.name!r}")
+    check(a.alpha is None or a.alpha > 0, "--attack-alpha", f"must be > 0, got {a.alpha}")
+    check(m.trades_beta >= 0, "--beta", f"must be >= 0, got {m.trades_beta}")
+    check(m.clead_tau > 0, "--tau", f"must be > 0, got {m.clead_tau}")
+    check(m.clead_weight >= 0, "--clead-weight", f"must be >= 0, got {m.clead_weight}")
+    check(m.clead_proj_dim >= 1, "--proj-dim", f"must be >= 1, got {m.clead_proj_dim}")
+    check(m.clead_loss in ("ntxent", "supcon"), "--clead-loss", f"must be ntxent or supcon, got {m.clead_loss!r}")
+    check(m.clead_ce_on in ("adv", "clean", "both"), "--ce-on", f"must be adv, clean or both, got {m.clead_ce_on!r}")
+    check(m.clead_inner in ("ce", "contrastive", "sum"), "--inner", f"must be ce, contrastive or sum, got {m.clead_inner!r}")
+    check(o.optimizer in ("sgd", "adamw"), "--optimizer", f"must be sgd or adamw, got {o.optimizer!r}")
+    check(o.schedule in ("onecycle", "cosine"), "--schedule", f"must be onecycle or cosine, got {o.schedule!r}")
+    check(o.lr > 0, "--lr", f"must be > 0, got {o.lr}")
+    check(o.weight_decay >= 0, "--weight-decay", f"must be >= 0, got {o.weight_decay}")
+    check(0 <= o.label_smoothing < 1, "--label-smoothing", f"must be in [0, 1), got {o.label_smoothing}")
+    check(cfg.data.batch_size >= 1, "--batch-size", f"must be >= 1, got {cfg.data.batch_size}")
+    check(cfg.data.limit is None or cfg.data.limit >= 1, "--limit", f"must be >= 1, got {cfg.data.limit}")
+    check(cfg.data.val_size >= 0, "--val-size", f"must be >= 0, got {cfg.data.val_size}")
+    check(cfg.amp in ("auto", "bf16", "fp16", "off"), "--amp", f"must be auto, bf16, fp16 or off, got {cfg.amp!r}")
+    check(cfg.val_attack_steps >= 1, "--val-attack-steps", f"must be >= 1, got {cfg.val_attack_steps}")
+    check(cfg.patience is None or cfg.patience >= 1, "--patience", f"must be >= 1, got {cfg.patience}")
+
+
+def to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(raw: dict[str, Any]) -> TrainConfig:
+    """Build a config from nested dicts (a YAML file or a checkpoint), rejecting unknown keys."""
+    sections = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    kwargs: dict[str, Any] = {}
+    for key, value in (raw or {}).items():
+        if key not in sections:
+            raise ValueError(f"unknown config key {key!r}; valid: {', '.join(sections)}")
+        section_type = sections[key].default_factory if callable(getattr(sections[key], "default_factory", None)) else None
+        if section_type is not None and dataclasses.is_dataclass(section_type):
+            kwargs[key] = _section(section_type, value, key)
+        else:
+            kwargs[key] = value
+    return TrainConfig(**kwargs)
+
+
+def _section(cls, value: dict[str, Any], name: str):
+    if not isinstance(value, dict):
+        raise ValueError(f"config section {name!r} must be a mapping, got {value!r}")
+    valid = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(value) - valid
+    if unknown:
+        raise ValueError(f"unknown key(s) {sorted(unknown)} in config section {name!r}; valid: {', '.join(sorted(valid))}")
+    if "eps" in value:
+        value = {**value, "eps": parse_eps(value["eps"])}
+    return cls(**value)

@@ -1,0 +1,44 @@
+"""Training-method registry: ``create_method(model, cfg) -> Method`` (a task).
+
+=========  ===========================================================================
+standard   cross-entropy on clean images (undefended baseline)
+pgd-at     Madry et al. 2018; ``attack.steps = 1`` gives FGSM-RS (Wong et al. 2020)
+trades     Zhang et al. 2019: CE(clean) + beta * KL(clean || adv)
+clead      C-LEAD (arXiv 2510.27249): CE + lambda * contrastive(clean, adv), online min-max
+=========  ===========================================================================
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from training.attacks import create_attack
+from training.config import TrainConfig
+from training.methods.base import Method
+from training.methods.baselines import PGDAT, TRADES, Standard
+from training.methods.clead import CLEAD, ProjectionHead
+from training.registry import Registry
+
+METHODS: Registry[type[Method]] = Registry("method")
+for _cls in (Standard, PGDAT, TRADES, CLEAD):
+    METHODS.register(_cls.name)(_cls)
+
+
+def method_names() -> list[str]:
+    return METHODS.names()
+
+
+def create_method(model: nn.Module, cfg: TrainConfig) -> Method:
+    cls = METHODS.get(cfg.method.name)
+    attack = None
+    if cls.adversarial:
+        a = cfg.attack
+        name = "fgsm" if a.steps == 1 else "pgd"
+        kwargs = dict(eps=a.eps, alpha=a.step_size(), norm=a.norm, random_start=True)
+        if name == "pgd":
+            kwargs["steps"] = a.steps
+        attack = create_attack(name, **kwargs)
+    return cls(model, cfg.method, attack, cfg.attack, label_smoothing=cfg.optim.label_smoothing)
+
+
+__all__ = ["Method", "METHODS", "create_method", "method_names", "ProjectionHead", "CLEAD", "PGDAT", "TRADES", "Standard"]

@@ -1,0 +1,98 @@
+"""C-LEAD: contrastive learning for enhanced adversarial defense (arXiv 2510.27249).
+
+Each clean image and its adversarial twin are two views of one instance; a projection head
+maps penultimate features to an L2-normalised embedding in which a contrastive loss pulls
+the twins together, while cross-entropy keeps the classifier. The perturbations are found
+by an inner maximisation at every step (a min-max, as in Madry et al. 2018), not taken from
+a fixed, precomputed set:
+
+    min_{theta, phi}  CE-terms  +  lambda * L_con(g_phi(h(x)), g_phi(h(x_adv)))
+    x_adv = argmax_{|x' - x| <= eps}  inner(x')
+
+The paper leaves the details open; each is an option (see ``MethodConfig``):
+``clead_loss`` ntxent | supcon, ``clead_tau``, ``clead_weight`` (lambda),
+``clead_proj_dim``, ``clead_ce_on`` adv | clean | both, and ``clead_inner`` ce |
+contrastive | sum. The head is training-only: the exported model is the classifier.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training.attacks import Attack
+from training.config import AttackConfig, MethodConfig
+from training.losses import ntxent_loss, pair_contrastive_per_sample, supcon_loss
+from training.methods.base import Method
+
+
+class ProjectionHead(nn.Module):
+    """Two-layer MLP to a ``dim``-dimensional unit-norm embedding (SimCLR's head)."""
+
+    def __init__(self, in_dim: int, dim: int, hidden: Optional[int] = None) -> None:
+        super().__init__()
+        hidden = hidden or in_dim
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.net(features.float()), dim=1)
+
+
+class CLEAD(Method):
+    name = "clead"
+    adversarial = True
+
+    def __init__(self, model: nn.Module, cfg: MethodConfig, attack: Optional[Attack], attack_cfg: AttackConfig,
+                 label_smoothing: float = 0.0) -> None:
+        super().__init__(model, cfg, attack, attack_cfg, label_smoothing)
+        self.head = ProjectionHead(model.feature_dim, cfg.clead_proj_dim)
+
+    # -- inner maximisation ---------------------------------------------------------------
+    def perturb(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        inner = self.cfg.clead_inner
+        if inner == "ce":
+            return {"x_adv": self.run_attack(x, y)}
+        with torch.no_grad():
+            z_clean = self.head(self.model.forward_features(x))
+        tau, weight = self.cfg.clead_tau, self.cfg.clead_weight
+
+        def objective(model, x_adv, y_):
+            features = model.forward_features(x_adv)
+            con = pair_contrastive_per_sample(self.head(features), z_clean, tau)
+            if inner == "contrastive":
+                return con
+            return F.cross_entropy(model.forward_head(features).float(), y_, reduction="none") + weight * con
+
+        return {"x_adv": self.run_attack(x, y, objective)}
+
+    # -- outer minimisation ---------------------------------------------------------------
+    def forward(self, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor = None, **extra) -> dict[str, Any]:
+        f_clean = self.model.forward_features(x)
+        f_adv = self.model.forward_features(x_adv)
+        logits_clean = self.model.forward_head(f_clean)
+        logits_adv = self.model.forward_head(f_adv)
+        z_clean, z_adv = self.head(f_clean), self.head(f_adv)
+        if self.cfg.clead_loss == "supcon":
+            con = supcon_loss(z_clean, z_adv, y, self.cfg.clead_tau)
+        else:
+            con = ntxent_loss(z_clean, z_adv, self.cfg.clead_tau)
+        ce_on = self.cfg.clead_ce_on
+        ce_adv = self.ce(logits_adv, y)
+        ce_clean = self.ce(logits_clean, y)
+        ce = {"adv": ce_adv, "clean": ce_clean, "both": 0.5 * (ce_adv + ce_clean)}[ce_on]
+        loss = ce + self.cfg.clead_weight * con
+        return {
+            "loss": loss,
+            "logits": logits_adv,
+            "ce_adv": ce_adv.detach(),
+            "ce_clean": ce_clean.detach(),
+            "contrastive": con.detach(),
+        }
+
+    def settings(self) -> dict[str, Any]:
+        c = self.cfg
+        return {"loss": c.clead_loss, "tau": c.clead_tau, "weight": c.clead_weight,
+                "proj_dim": c.clead_proj_dim, "ce_on": c.clead_ce_on, "inner": c.clead_inner}

@@ -1,0 +1,377 @@
+"""``clead-train fit``: the one training loop that runs every method.
+
+The loop owns the optimiser, schedule, AMP, logging, validation, checkpoints and
+distributed setup; it never knows which method it runs (the method is a task, see
+``training.methods.base``). Run it on one device, or on many with
+``torchrun --nproc_per_node N -m training.cli fit ...`` (DDP).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import yaml
+from torch import nn
+from tqdm import tqdm
+
+from training import config as C
+from training.attacks import create_attack
+from training.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
+from training.data import BatchLoader, ImageSet, load_train_val
+from training.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed, params_in_sync
+from training.export import write_json_atomic
+from training.methods import Method, create_method
+from training.models import create_model
+from training.runinfo import git_commit, hardware, versions
+
+# ---------------------------------------------------------------------------------------
+# CLI: flag -> (config path, type). Flags override the YAML file given by --config.
+# ---------------------------------------------------------------------------------------
+FLAGS: list[tuple[str, str, Any, str]] = [
+    ("--method", "method.name", str, "standard | pgd-at | trades | clead"),
+    ("--model", "model.name", str, "registered model, e.g. preact_resnet18"),
+    ("--width", "model.width", float, "channel multiplier (preact_resnet18: 1.0 full, 0.5 half)"),
+    ("--data", "data.data", str, "'cifar10' (download) or a path (see training.data)"),
+    ("--cache-dir", "data.cache_dir", str, "decoded-data cache (default $CLEAD_CACHE or ~/.cache/clead)"),
+    ("--limit", "data.limit", int, "train on the first N training images (smoke runs)"),
+    ("--val-size", "data.val_size", int, "training images held out for validation"),
+    ("--batch-size", "data.batch_size", int, "batch size per process"),
+    ("--epochs", "epochs", int, "number of epochs"),
+    ("--out", "out", str, "run directory"),
+    ("--seed", "seed", int, "random seed"),
+    ("--device", "device", str, "auto | cpu | cuda | cuda:N"),
+    ("--amp", "amp", str, "auto | bf16 | fp16 | off"),
+    ("--eps", "attack.eps", C.parse_eps, "attack radius, e.g. 8/255"),
+    ("--attack-steps", "attack.steps", int, "inner attack steps (1 = FGSM-RS)"),
+    ("--attack-alpha", "attack.alpha", C.parse_eps, "inner attack step size, e.g. 2/255"),
+    ("--attack-norm", "attack.norm", str, "linf | l2"),
+    ("--attack-mode", "attack.mode", str, "model mode while attacking: train | eval"),
+    ("--beta", "method.trades_beta", float, "TRADES beta"),
+    ("--clead-loss", "method.clead_loss", str, "C-LEAD contrastive loss: ntxent | supcon"),
+    ("--tau", "method.clead_tau", float, "C-LEAD temperature"),
+    ("--clead-weight", "method.clead_weight", float, "C-LEAD lambda (contrastive weight)"),
+    ("--proj-dim", "method.clead_proj_dim", int, "C-LEAD embedding dimension"),
+    ("--ce-on", "method.clead_ce_on", str, "C-LEAD cross-entropy on: adv | clean | both"),
+    ("--inner", "method.clead_inner", str, "C-LEAD inner objective: ce | contrastive | sum"),
+    ("--optimizer", "optim.optimizer", str, "sgd | adamw"),
+    ("--lr", "optim.lr", float, "peak learning rate"),
+    ("--momentum", "optim.momentum", float, "SGD momentum"),
+    ("--weight-decay", "optim.weight_decay", float, "weight decay"),
+    ("--schedule", "optim.schedule", str, "onecycle | cosine"),
+    ("--warmup", "optim.warmup", float, "fraction of steps rising to the peak lr"),
+    ("--label-smoothing", "optim.label_smoothing", float, "label smoothing (default 0)"),
+    ("--grad-clip", "optim.grad_clip", float, "max gradient norm"),
+    ("--val-n", "val_n", int, "validation images attacked per epoch"),
+    ("--val-attack-steps", "val_attack_steps", int, "PGD steps of the validation attack"),
+    ("--patience", "patience", int, "early stop after N epochs without better robust val acc"),
+]
+BOOL_FLAGS = [
+    ("--augment", "data.augment", "random crop + flip"),
+    ("--compile", "compile", "torch.compile the model"),
+    ("--channels-last", "channels_last", "channels_last memory format (default: on for CUDA)"),
+    ("--resume", "resume", "continue the run in --out from its last.pt"),
+]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML file with config sections (method, model, data, attack, optim, ...)")
+    for flag, path, typ, help_text in FLAGS:
+        parser.add_argument(flag, dest=path, type=typ, default=argparse.SUPPRESS, help=help_text)
+    for flag, path, help_text in BOOL_FLAGS:
+        parser.add_argument(flag, dest=path, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+
+
+def config_from_args(args: argparse.Namespace) -> C.TrainConfig:
+    raw: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        path = Path(args.config)
+        if not path.is_file():
+            raise FileNotFoundError(f"--config: no such file {path}")
+        raw = yaml.safe_load(path.read_text()) or {}
+    for key, value in vars(args).items():
+        if key in ("config", "command", "run"):
+            continue
+        node = raw
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return C.from_dict(raw)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    C.validate(cfg)  # before any data is loaded
+    fit(cfg, command=" ".join(["clead-train"] + sys.argv[1:]))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------
+def lr_factor(step: int, total: int, schedule: str, warmup: float) -> float:
+    """Multiplier of the peak lr at ``step`` of ``total``."""
+    progress = step / max(total, 1)
+    if schedule == "onecycle":  # linear 0 -> peak at `warmup`, then linear -> 0
+        return progress / warmup if progress < warmup else max(0.0, (1 - progress) / (1 - warmup))
+    if progress < warmup:
+        return (step + 1) / max(warmup * total, 1)
+    return 0.5 * (1 + math.cos(math.pi * (progress - warmup) / max(1 - warmup, 1e-8)))
+
+
+def amp_dtype(cfg: C.TrainConfig, device: torch.device) -> Optional[torch.dtype]:
+    choice = cfg.amp
+    if choice == "auto":
+        choice = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "off"
+    if choice != "off" and device.type != "cuda":
+        raise ValueError(f"invalid option --amp: {choice} needs a CUDA device (this run is on {device})")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(choice)
+
+
+class Trainer:
+    def __init__(self, cfg: C.TrainConfig, dist_info: DistInfo, device: torch.device) -> None:
+        self.cfg, self.dist, self.device = cfg, dist_info, device
+        self.out = Path(cfg.out)
+        self.dtype = amp_dtype(cfg, device)
+        self.channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
+
+    # -- setup ------------------------------------------------------------------------------
+    def build(self, train: ImageSet) -> None:
+        cfg = self.cfg
+        kw = {"width": cfg.model.width} if cfg.model.width is not None else {}
+        self.classes = list(train.classes)
+        self.model = create_model(cfg.model.name, num_classes=len(self.classes), **kw).to(self.device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.method: Method = create_method(self.model, cfg).to(self.device)
+        o = cfg.optim
+        if o.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(self.method.parameters(), lr=o.lr, momentum=o.momentum,
+                                             weight_decay=o.weight_decay, nesterov=o.momentum > 0)
+        else:
+            self.optimizer = torch.optim.AdamW(self.method.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+        self.loader = BatchLoader(train, cfg.data.batch_size, self.device, shuffle=True, augment=cfg.data.augment,
+                                  padding=cfg.data.crop_padding, drop_last=len(train) >= 2 * cfg.data.batch_size,
+                                  seed=cfg.seed, rank=self.dist.rank, world_size=self.dist.world_size)
+        self.total_steps = cfg.epochs * len(self.loader)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, self.total_steps, o.schedule, o.warmup))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
+        engine: nn.Module = self.method
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            engine = nn.parallel.DistributedDataParallel(self.method, device_ids=ids)
+        self.engine = torch.compile(engine) if cfg.compile else engine
+        self.selection = "val_robust_acc" if self.method.adversarial else "val_clean_acc"
+        self.epoch, self.best, self.history = 0, -1.0, []
+
+    # -- one epoch ----------------------------------------------------------------------
+    def autocast(self):
+        if self.dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def train_epoch(self) -> dict[str, float]:
+        self.method.train()
+        self.loader.set_epoch(self.epoch)
+        sums: dict[str, float] = {}
+        seen = correct = 0
+        start = time.perf_counter()
+        bar = tqdm(self.loader, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", disable=not self.dist.is_main,
+                   leave=False, dynamic_ncols=True)
+        for x, y in bar:
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with self.autocast():
+                extra = self.method.perturb(x, y)
+                out = self.engine(x, y, **extra)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(out["loss"]).backward()
+            if self.cfg.optim.grad_clip:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.method.parameters(), self.cfg.optim.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            n = y.shape[0]
+            seen += n
+            correct += int((out["logits"].argmax(1) == y).sum())
+            for k, v in out.items():
+                if k != "logits":
+                    sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
+            bar.set_postfix(loss=f"{float(out['loss'].detach()):.3f}", acc=f"{correct / seen:.3f}")
+        seconds = time.perf_counter() - start
+        totals = all_reduce_sum([seen, correct, seconds] + [sums[k] for k in sorted(sums)], self.device)
+        seen_all, correct_all = totals[0], totals[1]
+        metrics = {f"train_{k}": v / seen_all for k, v in zip(sorted(sums), totals[3:])}
+        metrics.update(train_acc=correct_all / seen_all, images_per_s=seen_all / seconds, epoch_seconds=seconds,
+                       lr=self.optimizer.param_groups[0]["lr"])
+        return metrics
+
+    @torch.no_grad()
+    def validate(self, val: ImageSet) -> dict[str, float]:
+        """Clean and PGD accuracy (training eps) on this rank's shard of the validation set."""
+        if len(val) == 0:
+            return {}
+        cfg = self.cfg
+        val = val.head(cfg.val_n)
+        self.model.eval()
+        loader = BatchLoader(val, cfg.data.eval_batch_size, self.device, rank=self.dist.rank,
+                             world_size=self.dist.world_size)
+        eps = cfg.attack.eps if cfg.attack.eps > 0 else 8 / 255
+        attack = create_attack("pgd", eps=eps, steps=cfg.val_attack_steps, norm=cfg.attack.norm)
+        n = clean = robust = 0
+        for x, y in loader:
+            clean += int((self.model(x).argmax(1) == y).sum())
+            with self.autocast():
+                x_adv = attack(self.model, x, y)
+            robust += int((self.model(x_adv).argmax(1) == y).sum())
+            n += y.shape[0]
+        n, clean, robust = all_reduce_sum([n, clean, robust], self.device)
+        return {"val_clean_acc": clean / n, "val_robust_acc": robust / n, "val_n": int(n), "val_eps": eps}
+
+    # -- state ----------------------------------------------------------------------------
+    def rng_states(self) -> list[dict[str, Any]]:
+        state = {"cpu": torch.get_rng_state(), "python": random.getstate()[1][:625]}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        if not self.dist.enabled:
+            return [state]
+        gathered: list[Any] = [None] * self.dist.world_size
+        torch.distributed.all_gather_object(gathered, state)
+        return gathered
+
+    def state_dict(self, metrics: dict[str, Any], rng: list[dict[str, Any]]) -> dict[str, Any]:
+        cfg = self.cfg
+        return {
+            "model": self.model.state_dict(),
+            "method_extra": {k: v for k, v in self.method.state_dict().items() if not k.startswith("model.")},
+            "model_name": cfg.model.name,
+            "model_kwargs": {"width": cfg.model.width} if cfg.model.width is not None else {},
+            "classes": self.classes,
+            "mean": self.model.normalize.mean.flatten().tolist(),
+            "std": self.model.normalize.std.flatten().tolist(),
+            "config": C.to_dict(cfg),
+            "method_settings": self.method.settings(),
+            "epoch": self.epoch,
+            "best": self.best,
+            "history": self.history,
+            "metrics": metrics,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng,
+            "git_commit": git_commit(),
+            "versions": versions(),
+        }
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.method.load_state_dict({**{f"model.{k}": v for k, v in state["model"].items()}, **state["method_extra"]})
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.best, self.history = state["epoch"], state["best"], list(state["history"])
+        rng = state["rng"][min(self.dist.rank, len(state["rng"]) - 1)]
+        torch.set_rng_state(rng["cpu"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def fit(cfg: C.TrainConfig, command: str = "") -> dict[str, Any]:
+    """Train per ``cfg``; returns the run summary (also written to ``<out>/summary.json``)."""
+    C.validate(cfg)
+    dist_info, device = init_distributed(cfg.device)
+    try:
+        return _fit(cfg, dist_info, device, command)
+    finally:
+        cleanup()
+
+
+def _fit(cfg: C.TrainConfig, dist_info: DistInfo, device: torch.device, command: str) -> dict[str, Any]:
+    out = Path(cfg.out)
+    if cfg.resume and not (out / LAST).is_file():
+        raise FileNotFoundError(f"--resume: {out / LAST} does not exist (nothing to resume)")
+    if not cfg.resume and (out / LAST).is_file():
+        raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    seed_everything(cfg.seed)  # same init on every rank; DDP also broadcasts rank 0's weights
+    train, val = load_train_val(cfg.data)
+    trainer = Trainer(cfg, dist_info, device)
+    trainer.build(train)
+    if cfg.resume:
+        trainer.load(load_checkpoint(out / LAST, map_location=device))
+    else:
+        torch.manual_seed(cfg.seed * 1000 + dist_info.rank)  # independent attack noise per rank
+    info = {"command": command, "git_commit": git_commit(), "versions": versions(),
+            "hardware": hardware(device, dist_info.world_size), "train_images": len(train), "val_images": len(val)}
+    if dist_info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(C.to_dict(cfg), sort_keys=False))
+        write_json_atomic(out / "run.json", info)
+        if cfg.resume:
+            print(f"resuming {out} after epoch {trainer.epoch}", file=sys.stderr)
+    wall_start = time.perf_counter()
+    wall_before = trainer.history[-1]["wall_seconds"] if trainer.history else 0.0
+    stale = 0
+    while trainer.epoch < cfg.epochs:
+        metrics = trainer.train_epoch()
+        metrics.update(trainer.validate(val))
+        trainer.epoch += 1
+        metrics.update(epoch=trainer.epoch, ranks_in_sync=params_in_sync(trainer.method, device),
+                       wall_seconds=wall_before + time.perf_counter() - wall_start)
+        score = metrics.get(trainer.selection, metrics["train_acc"])
+        improved = score > trainer.best
+        if improved:
+            trainer.best, stale = score, 0
+        else:
+            stale += 1
+        metrics["best"] = improved
+        trainer.history.append(metrics)
+        rng = trainer.rng_states()  # collective: every rank takes part
+        if dist_info.is_main:
+            state = trainer.state_dict(metrics, rng)
+            save_checkpoint(out / LAST, state)
+            if improved:
+                save_checkpoint(out / BEST, state)
+            with open(out / "metrics.jsonl", "a") as fh:
+                fh.write(json.dumps(metrics) + "\n")
+            print(_epoch_line(metrics), file=sys.stderr)
+        if cfg.patience is not None and stale >= cfg.patience:
+            if dist_info.is_main:
+                print(f"early stop: no better {trainer.selection} for {stale} epochs", file=sys.stderr)
+            break
+        barrier()
+    summary = {**info, "epochs_run": trainer.epoch, "selection_metric": trainer.selection,
+               "best_score": trainer.best, "best_epoch": _best_epoch(trainer.history),
+               "wall_seconds": trainer.history[-1]["wall_seconds"] if trainer.history else 0.0,
+               "final": trainer.history[-1] if trainer.history else {}}
+    if dist_info.is_main:
+        write_json_atomic(out / "summary.json", summary)
+    return summary
+
+
+def _best_epoch(history: list[dict[str, Any]]) -> Optional[int]:
+    best = [h["epoch"] for h in history if h.get("best")]
+    return best[-1] if best else None
+
+
+def _epoch_line(m: dict[str, Any]) -> str:
+    parts = [f"epoch {m['epoch']}", f"loss {m.get('train_loss', float('nan')):.4f}", f"train_acc {m['train_acc']:.4f}"]
+    if "val_clean_acc" in m:
+        parts += [f"val_clean {m['val_clean_acc']:.4f}", f"val_robust {m['val_robust_acc']:.4f}"]
+    parts += [f"{m['images_per_s']:.0f} img/s", f"lr {m['lr']:.4g}"]
+    return " | ".join(parts) + (" *" if m.get("best") else "")
