@@ -1,0 +1,275 @@
+"""``clead-serve``: serve the exported models with TorchServe or Triton, and query them.
+
+    clead-serve up        build archives of the shipped models, run TorchServe (Ctrl-C stops)
+    clead-serve stop      stop a TorchServe left running
+    clead-serve archive   build one .mar from an exported artifact
+    clead-serve triton    serve the same artifacts with PyTriton (own venv, made on first use)
+    clead-serve predict   send images to either engine and print the top-k
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_MODELS_DIR = Path("models/cifar10")
+SHIPPED = ("clead", "baseline")
+DEFAULT_WORKDIR = Path("runs/serve")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args, argv) or 0
+    except KeyboardInterrupt:
+        return 130
+    except (RuntimeError, FileNotFoundError, ValueError) as exc:
+        print(f"clead-serve {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clead-serve", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="serve the shipped models with TorchServe in the foreground")
+    add_model_args(up)
+    up.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="config, logs, key file, model store")
+    up.add_argument("--inference-port", type=int, default=8080)
+    up.add_argument("--management-port", type=int, default=8081)
+    up.add_argument("--metrics-port", type=int, default=8082)
+    up.add_argument("--grpc-inference-port", type=int, default=7070)
+    up.add_argument("--grpc-management-port", type=int, default=7071)
+    up.add_argument("--no-token-auth", action="store_true",
+                    help="turn TorchServe token authorization off (all APIs, management included)")
+    up.add_argument("--token-expiration-min", type=int, default=24 * 60)
+    add_archive_args(up)
+    up.add_argument("--timeout", type=float, default=300, help="seconds to wait for the models to answer")
+    up.add_argument("--detach", action="store_true", help="return once ready; stop later with `clead-serve stop`")
+    up.set_defaults(func=cmd_up)
+
+    stop = sub.add_parser("stop", help="stop the TorchServe started from --workdir")
+    stop.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
+    stop.set_defaults(func=cmd_stop)
+
+    archive = sub.add_parser("archive", help="build a TorchServe .mar from an exported artifact")
+    archive.add_argument("artifact", type=Path)
+    archive.add_argument("--name", required=True)
+    archive.add_argument("--version", default=None, help="default: the metadata's version, else 1.0")
+    archive.add_argument("--export-path", type=Path, default=DEFAULT_WORKDIR / "model_store")
+    add_archive_args(archive)
+    archive.set_defaults(func=cmd_archive)
+
+    triton = sub.add_parser("triton", help="serve the models with Triton (PyTriton), dynamic batching")
+    add_model_args(triton)
+    triton.add_argument("--host", default="127.0.0.1")
+    triton.add_argument("--http-port", type=int, default=8000)
+    triton.add_argument("--grpc-port", type=int, default=8001)
+    triton.add_argument("--metrics-port", type=int, default=8002)
+    triton.add_argument("--max-batch-size", type=int, default=8)
+    triton.add_argument("--max-queue-delay-us", type=int, default=50_000)
+    add_limit_args(triton)
+    triton.set_defaults(func=cmd_triton)
+
+    predict = sub.add_parser("predict", help="classify images with a running server")
+    predict.add_argument("images", nargs="+", type=Path)
+    predict.add_argument("--engine", choices=("torchserve", "triton"), default="torchserve")
+    predict.add_argument("--url", default=None, help="default http://127.0.0.1:8080 (TorchServe) / :8000 (Triton)")
+    predict.add_argument("--model", default="clead")
+    predict.add_argument("--topk", type=int, default=None)
+    predict.add_argument("--key", default=None, help="TorchServe inference key (default: read --key-file)")
+    predict.add_argument("--key-file", type=Path, default=DEFAULT_WORKDIR / "key_file.json")
+    predict.add_argument("--json", action="store_true", help="print one JSON response per line")
+    predict.set_defaults(func=cmd_predict)
+    return parser
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR,
+                        help="folder with the shipped clead.pt/.json and baseline.pt/.json")
+    parser.add_argument("--model", action="append", default=[], metavar="NAME=ARTIFACT",
+                        help="serve ARTIFACT as NAME instead of the shipped models (repeatable)")
+
+
+def add_archive_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-batch-delay-ms", type=int, default=50)
+    parser.add_argument("--workers", type=int, default=1, help="worker processes per model")
+    add_limit_args(parser)
+
+
+def add_limit_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-bytes", type=int, default=10 * 1024 * 1024, help="largest image file accepted")
+    parser.add_argument("--max-pixels", type=int, default=25_000_000, help="largest width*height accepted")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast on CUDA")
+
+
+def limits_from(args: argparse.Namespace):
+    from serving.handler import Limits
+
+    return Limits(max_bytes=args.max_bytes, max_pixels=args.max_pixels, bf16=args.bf16)
+
+
+def archive_config_from(args: argparse.Namespace):
+    from serving.archive import ArchiveConfig
+
+    return ArchiveConfig(batch_size=args.batch_size, max_batch_delay_ms=args.max_batch_delay_ms,
+                         workers=args.workers, limits=limits_from(args))
+
+
+def resolve_models(args: argparse.Namespace) -> dict[str, Path]:
+    """``--model NAME=PATH`` pairs, or the shipped models; a missing file is a clear error."""
+    if args.model:
+        models = {}
+        for spec in args.model:
+            name, sep, path = spec.partition("=")
+            if not sep or not name or not path:
+                raise ValueError(f"--model wants NAME=ARTIFACT, got {spec!r}")
+            models[name] = Path(path)
+    else:
+        models = {name: args.models_dir / f"{name}.pt" for name in SHIPPED}
+    missing = [str(p) for path in models.values() for p in (path, path.with_suffix(".json")) if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            "missing model file(s): " + ", ".join(missing) + ". The shipped models come from training: "
+            "run `make models` (it trains and exports clead and baseline into models/cifar10/), "
+            "or serve your own export with --model NAME=path/to/model.pt"
+        )
+    return models
+
+
+def cmd_up(args: argparse.Namespace, argv: list[str]) -> int:
+    from serving.torchserve import ServerConfig, TorchServe
+
+    models = resolve_models(args)
+    config = ServerConfig(
+        workdir=args.workdir, inference_port=args.inference_port, management_port=args.management_port,
+        metrics_port=args.metrics_port, grpc_inference_port=args.grpc_inference_port,
+        grpc_management_port=args.grpc_management_port, token_auth=not args.no_token_auth,
+        token_expiration_min=args.token_expiration_min, archive=archive_config_from(args),
+    )
+    server = TorchServe(models, config)
+    print(f"building archives and starting TorchServe in {server.workdir} ...", flush=True)
+    # make (and a shell's background job) may hand us SIGTERM/SIGHUP instead of SIGINT.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
+    server.start(timeout_s=args.timeout)
+    print_ready(server)
+    if args.detach:
+        print("running in the background; stop it with `make stop` (clead-serve stop)")
+        return 0
+    try:
+        print("serving; press Ctrl-C to stop", flush=True)
+        while server.process.poll() is None:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        print("\nstopping TorchServe ...", flush=True)
+    finally:
+        server.stop()
+    if server.process.returncode not in (0, None, -signal.SIGTERM, 143):
+        print(f"TorchServe exited with code {server.process.returncode}; see {server.workdir / 'logs'}")
+    print("stopped")
+    return 0
+
+
+def _interrupt(signum: int, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def print_ready(server) -> None:
+    from serving.torchserve import read_keys, sample_png
+
+    sample = server.workdir / "sample.png"
+    sample.write_bytes(sample_png())
+    cfg = server.config
+    auth = ""
+    if cfg.token_auth:
+        auth = f' -H "Authorization: Bearer {read_keys(server.workdir)["inference"]}"'
+    print("\nTorchServe is ready; try:")
+    for name in sorted(server.models):
+        print(f"  curl --data-binary @{sample}{auth} '{cfg.inference_url}/predictions/{name}?topk=3'")
+    print(f"  clead-serve predict --url {cfg.inference_url} --model clead --key-file {server.workdir / 'key_file.json'} {sample}")
+    if cfg.token_auth:
+        print(f"keys (inference, management, token API) are in {server.workdir / 'key_file.json'};"
+              " they expire after --token-expiration-min minutes")
+    else:
+        print("token authorization is OFF (--no-token-auth): anyone on this machine can call every API")
+
+
+def cmd_stop(args: argparse.Namespace, argv: list[str]) -> int:
+    from serving.torchserve import stop_instance
+
+    if stop_instance(args.workdir):
+        print(f"stopped the TorchServe of {args.workdir}")
+    else:
+        print(f"no TorchServe running from {args.workdir}")
+    return 0
+
+
+def cmd_archive(args: argparse.Namespace, argv: list[str]) -> int:
+    from serving.archive import build_archive
+
+    mar = build_archive(args.artifact, args.name, args.export_path, args.version, archive_config_from(args))
+    print(mar)
+    return 0
+
+
+def cmd_triton(args: argparse.Namespace, argv: list[str]) -> int:
+    from serving.tritonenv import has_pytriton, reexec_in_env
+
+    models = resolve_models(args)
+    if not has_pytriton():
+        if os.environ.get("CLEAD_IN_TRITON_ENV"):
+            raise RuntimeError("PyTriton is missing even in the Triton environment; delete .venv-triton and retry")
+        reexec_in_env(["triton", *argv[1:]] if argv and argv[0] == "triton" else argv)
+    from serving.triton import TritonServeConfig, serve
+
+    config = TritonServeConfig(
+        host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
+        max_batch_size=args.max_batch_size, max_queue_delay_us=args.max_queue_delay_us, limits=limits_from(args),
+    )
+
+    def ready() -> None:
+        print(f"Triton is ready at http://{args.host}:{args.http_port} serving {', '.join(models)}; "
+              "Ctrl-C stops it", flush=True)
+
+    serve(models, config, ready=ready)
+    print("Triton stopped", flush=True)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace, argv: list[str]) -> int:
+    from serving.client import PredictionError, TorchServeClient, TritonClient, format_prediction
+
+    if args.engine == "triton":
+        from serving.tritonenv import has_pytriton, reexec_in_env
+
+        if not has_pytriton() and not os.environ.get("CLEAD_IN_TRITON_ENV"):
+            reexec_in_env(argv)
+        client = TritonClient(args.url or "127.0.0.1:8000")
+    else:
+        key_file = args.key_file if args.key_file and args.key_file.is_file() else None
+        client = TorchServeClient(args.url or "http://127.0.0.1:8080", key=args.key, key_file=key_file)
+    failures = 0
+    for image in args.images:
+        try:
+            response = client.predict(image, model=args.model, topk=args.topk)
+        except PredictionError as err:
+            failures += 1
+            body = err.body if isinstance(err.body, dict) else {"code": err.status, "message": str(err.body)}
+            print(json.dumps({"image": str(image), **body}) if args.json else f"{image}: error {err}",
+                  file=sys.stdout if args.json else sys.stderr)
+            continue
+        print(json.dumps({"image": str(image), **response}) if args.json else format_prediction(str(image), response))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,262 @@
+"""Engine-independent request handling: image decoding, batched prediction, response JSON.
+
+TorchServe (``serving/ts_handler.py``) and Triton (``serving/triton.py``) both call
+:class:`Predictor`, so the two engines decode, resize, batch and answer identically. Nothing
+here imports TorchServe or PyTriton.
+
+Per request the flow is: pick the image bytes out of the request, check the byte limit,
+open the image with Pillow restricted to JPEG/PNG/WebP/BMP/GIF, check the pixel limit
+*before* decoding (decompression bombs), decode the first frame, honour EXIF orientation,
+convert to RGB, centre-crop to the model's aspect ratio and resize to its input size. A
+failure in any step becomes a :class:`RequestError` for that request only; the rest of the
+batch still runs through one forward pass.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from serving.artifact import ArtifactError, load_artifact
+
+# Pillow decoders we accept; anything else (TIFF, PSD, EPS, ...) is refused before decoding.
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
+# Multipart field names taken as the image, in this order; a raw body arrives as "body".
+IMAGE_FIELDS = ("data", "body", "image", "file")
+TOPK_PARAM = "topk"  # query parameter / multipart field
+TOPK_HEADER = "x-topk"  # request header, case-insensitive
+
+
+@dataclass
+class Limits:
+    """Per-request limits; the server's own request-size limit should equal ``max_bytes``."""
+
+    max_bytes: int = 10 * 1024 * 1024  # encoded image size, bytes
+    max_pixels: int = 25_000_000  # width * height of the encoded image, checked before decoding
+    default_topk: int = 5  # labels returned when the request does not ask
+    bf16: bool = False  # bf16 autocast on CUDA (never on CPU); off keeps results bit-comparable
+
+
+class RequestError(Exception):
+    """A bad request: answered with ``code`` and a JSON error body, never kills the worker."""
+
+    TYPES = {400: "BadRequest", 413: "PayloadTooLarge", 415: "UnsupportedMediaType"}
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def to_json(self, model: str) -> dict[str, Any]:
+        return {"code": self.code, "type": self.TYPES.get(self.code, "Error"), "message": self.message, "model": model}
+
+
+def is_error(response: Mapping[str, Any]) -> bool:
+    return "code" in response and "message" in response
+
+
+def as_bytes(value: Any) -> bytes | None:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    return None
+
+
+def extract_image(request: Mapping[str, Any]) -> bytes:
+    """The image bytes of one request: a raw body, or a single multipart file field."""
+    for name in IMAGE_FIELDS:
+        if name in request:
+            value = request[name]
+            break
+    else:
+        candidates = [k for k, v in request.items() if k != TOPK_PARAM and as_bytes(v) is not None]
+        if len(candidates) != 1:
+            raise RequestError(
+                400,
+                "send one image as the request body or as one multipart field "
+                f"(got fields {sorted(request)})",
+            )
+        value = request[candidates[0]]
+    if isinstance(value, (dict, list, str)):
+        raise RequestError(415, "the body is JSON or text; send the image file's bytes (e.g. curl --data-binary @cat.jpg)")
+    data = as_bytes(value)
+    if data is None:
+        raise RequestError(400, f"cannot read an image from a {type(value).__name__} field")
+    return data
+
+
+def parse_topk(value: Any, default: int, num_classes: int) -> int:
+    """``k`` from a query parameter or header; clamped to [1, num_classes], must be an integer."""
+    if value is None or value == b"" or value == "":
+        return min(default, num_classes)
+    text = value.decode("utf-8", "replace") if isinstance(value, (bytes, bytearray)) else str(value)
+    try:
+        k = int(text.strip())
+    except ValueError:
+        raise RequestError(400, f"topk must be an integer between 1 and {num_classes}, got {text!r}") from None
+    if k < 1:
+        raise RequestError(400, f"topk must be at least 1, got {k}")
+    return min(k, num_classes)
+
+
+def decode_image(data: bytes, input_size: Sequence[int], limits: Limits) -> torch.Tensor:
+    """Encoded image -> float [0, 1] tensor of shape ``input_size`` (C, H, W), or RequestError."""
+    if not data:
+        raise RequestError(400, "empty request body; send an image file (JPEG, PNG, WebP, BMP or GIF)")
+    if len(data) > limits.max_bytes:
+        raise RequestError(413, f"image is {len(data)} bytes, over the limit of {limits.max_bytes} bytes")
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns above its own pixel limit; ours below is stricter and answers with a 413.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise RequestError(413, f"image refused as a decompression bomb: {exc}") from None
+    except UnidentifiedImageError:
+        raise RequestError(415, "body is not a JPEG, PNG, WebP, BMP or GIF image") from None
+    width, height = image.size
+    if width * height > limits.max_pixels:
+        raise RequestError(
+            413, f"image is {width}x{height} = {width * height} pixels, over the limit of {limits.max_pixels} pixels"
+        )
+    try:
+        image.seek(0)  # GIF / animated WebP: the first frame
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        rgb = to_rgb(image)
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        # Pillow reports truncated or corrupt data as OSError ("image file is truncated"),
+        # SyntaxError (broken headers) or ValueError / EOFError depending on the plugin.
+        raise RequestError(400, f"cannot decode the {image.format} image: {exc}") from None
+    channels, out_h, out_w = input_size
+    if rgb.size != (out_w, out_h):
+        # Keep the aspect ratio: crop the centre to the model's shape, then downscale with an
+        # antialiased filter (torchvision's Resize + CenterCrop, in one Pillow call).
+        rgb = ImageOps.fit(rgb, (out_w, out_h), method=Image.Resampling.BICUBIC)
+    array = np.asarray(rgb, dtype=np.uint8)
+    if channels == 1:
+        array = array.mean(axis=2, keepdims=True).astype(np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode -> RGB; transparent pixels are composited onto white."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit / float grey: scale to 8 bits instead of letting convert() clip at 255.
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(array / top * 255.0, 0, 255).astype(np.uint8), "L")
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
+        image.mode == "P" and "transparency" in image.info
+    )
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")  # L, P, CMYK, YCbCr, 1, ...
+
+
+def select_device(gpu_id: int | None) -> torch.device:
+    """``cuda:<gpu_id>`` when the engine assigned a GPU and CUDA works, otherwise CPU."""
+    if gpu_id is not None and torch.cuda.is_available():
+        return torch.device(f"cuda:{int(gpu_id)}")
+    return torch.device("cpu")
+
+
+class Predictor:
+    """One loaded model: turns a list of raw requests into a list of JSON-able responses."""
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        metadata: Mapping[str, Any],
+        device: torch.device | str = "cpu",
+        name: str | None = None,
+        version: str | None = None,
+        limits: Limits | None = None,
+    ) -> None:
+        self.module = module
+        self.metadata = dict(metadata)
+        self.device = torch.device(device)
+        self.classes = [str(c) for c in metadata["classes"]]
+        self.input_size = tuple(int(s) for s in metadata["input_size"])
+        self.name = name or str(metadata.get("name") or "model")
+        self.version = str(version or metadata.get("version") or "1")
+        self.limits = limits or Limits()
+        self._check_output()
+
+    @classmethod
+    def from_artifact(
+        cls, artifact: str, gpu_id: int | None = None, name: str | None = None,
+        version: str | None = None, limits: Limits | None = None,
+    ) -> "Predictor":
+        device = select_device(gpu_id)
+        module, meta = load_artifact(artifact, device=device)
+        return cls(module, meta, device, name=name, version=version, limits=limits)
+
+    def _check_output(self) -> None:
+        """Warm-up pass: catches a class-count mismatch at load time, not at the first request."""
+        logits = self.forward(torch.zeros(1, *self.input_size))
+        if logits.shape != (1, len(self.classes)):
+            raise ArtifactError(
+                f"model returns logits of shape {tuple(logits.shape)} for one image, "
+                f"but the metadata lists {len(self.classes)} classes"
+            )
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """One forward pass, no autograd; bf16 autocast only on CUDA and only when enabled."""
+        batch = batch.to(self.device, non_blocking=True)
+        use_bf16 = self.limits.bf16 and self.device.type == "cuda"
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+            logits = self.module(batch)
+        return logits.float().cpu()
+
+    def predict(self, requests: Sequence[Mapping[str, Any]], topk_values: Sequence[Any] | None = None) -> list[dict]:
+        """Answer every request: a prediction dict, or an error dict (see :func:`is_error`)."""
+        topk_values = topk_values if topk_values is not None else [None] * len(requests)
+        responses: list[dict | None] = [None] * len(requests)
+        tensors, ks, slots = [], [], []
+        for i, (request, topk) in enumerate(zip(requests, topk_values)):
+            try:
+                k = parse_topk(topk, self.limits.default_topk, len(self.classes))
+                tensors.append(decode_image(extract_image(request), self.input_size, self.limits))
+                ks.append(k)
+                slots.append(i)
+            except RequestError as err:
+                responses[i] = err.to_json(self.name)
+        if tensors:
+            probs = torch.softmax(self.forward(torch.stack(tensors)), dim=1)
+            for slot, k, row in zip(slots, ks, probs):
+                responses[slot] = self.format(row, k, batch_size=len(tensors))
+        return responses  # type: ignore[return-value]
+
+    def format(self, probs: torch.Tensor, k: int, batch_size: int) -> dict[str, Any]:
+        values, indices = probs.topk(k)
+        top = {self.classes[i]: round(float(v), 6) for v, i in zip(values.tolist(), indices.tolist())}
+        index = int(indices[0])
+        prob = float(values[0])
+        if not math.isfinite(prob):
+            raise FloatingPointError(f"{self.name}: the model produced non-finite probabilities")
+        return {
+            "model": self.name,
+            "version": self.version,
+            "label": self.classes[index],
+            "index": index,
+            "probability": round(prob, 6),
+            "topk": top,
+            "batch_size": batch_size,  # how many images shared this forward pass
+            "device": str(self.device),
+        }
+
+
+def dumps(response: Mapping[str, Any]) -> str:
+    return json.dumps(response)

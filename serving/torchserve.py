@@ -1,0 +1,362 @@
+"""Run TorchServe for clead models: config.properties, start, readiness, key file, clean stop.
+
+Every instance lives in its own work folder (``runs/serve`` by default)::
+
+    config.properties   generated here
+    model_store/        the .mar files
+    logs/               LOG_LOCATION / METRICS_LOCATION
+    tmp/                TMPDIR and TEMP: TorchServe keeps its PID file and its worker sockets
+                        there, so two instances (tests, a second user) never share them
+    key_file.json       written by TorchServe (token authorization), mode 0600
+    server.json         our record of the running instance, read by ``clead-serve stop``
+
+TorchServe is started in its own session, so Ctrl-C in the terminal reaches only us and we
+stop it in order: SIGTERM to the frontend, wait, then kill what is left of its process group.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from serving.archive import ArchiveConfig, build_archive
+
+SERVER_RECORD = "server.json"
+KEY_FILE = "key_file.json"
+
+
+class ServerError(RuntimeError):
+    """TorchServe could not be started, did not get ready, or is in an unexpected state."""
+
+
+@dataclass
+class ServerConfig:
+    """One TorchServe instance. Ports bind to ``host`` only (127.0.0.1: this machine only)."""
+
+    workdir: Path = Path("runs/serve")
+    host: str = "127.0.0.1"
+    inference_port: int = 8080
+    management_port: int = 8081
+    metrics_port: int = 8082
+    grpc_inference_port: int = 7070  # TorchServe always opens gRPC too; bound to host as well
+    grpc_management_port: int = 7071
+    token_auth: bool = True  # token authorization on every API (TorchServe cannot split it)
+    token_expiration_min: int = 24 * 60  # lifetime of the management / inference keys
+    java_heap: str = "1g"  # -Xmx of the frontend; the models live in the Python workers
+    archive: ArchiveConfig = field(default_factory=ArchiveConfig)
+
+    @property
+    def inference_url(self) -> str:
+        return f"http://{self.host}:{self.inference_port}"
+
+    @property
+    def management_url(self) -> str:
+        return f"http://{self.host}:{self.management_port}"
+
+    def properties(self, model_store: Path) -> str:
+        # Leave room for multipart framing so the handler's own byte limit answers first,
+        # with a message that names the limit.
+        max_request = self.archive.limits.max_bytes + 64 * 1024
+        props = {
+            "inference_address": self.inference_url,
+            "management_address": self.management_url,
+            "metrics_address": f"http://{self.host}:{self.metrics_port}",
+            "grpc_inference_address": self.host,
+            "grpc_inference_port": self.grpc_inference_port,
+            "grpc_management_address": self.host,
+            "grpc_management_port": self.grpc_management_port,
+            "model_store": model_store,
+            "disable_token_authorization": str(not self.token_auth).lower(),
+            "token_expiration_min": self.token_expiration_min,
+            "enable_model_api": "false",  # no registration of new models over HTTP
+            "enable_envvars_config": "false",  # the file is the whole configuration
+            "install_py_dep_per_model": "false",  # never pip-install at model load
+            "max_request_size": max_request,
+            "max_response_size": 1024 * 1024,
+            "default_workers_per_model": self.archive.workers,
+            "vmargs": f"-Xmx{self.java_heap} -XX:+ExitOnOutOfMemoryError",
+        }
+        return "".join(f"{k}={v}\n" for k, v in props.items())
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex((host, port)) == 0
+
+
+def read_keys(workdir: str | Path) -> dict[str, str]:
+    """``{"management": ..., "inference": ..., "api": ...}`` from TorchServe's key file, or {}."""
+    path = Path(workdir) / KEY_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return {}  # TorchServe is still writing it
+    return {kind.lower(): entry["key"] for kind, entry in data.items() if isinstance(entry, dict) and "key" in entry}
+
+
+def sample_png() -> bytes:
+    """A small synthetic RGB image, used as the readiness probe and for the printed curl lines."""
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:32, 0:32]
+    pixels = np.stack([x * 8, y * 8, (x + y) * 4], axis=-1).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class TorchServe:
+    """Start, wait for, and stop one TorchServe instance serving ``models`` (name -> artifact)."""
+
+    def __init__(self, models: dict[str, str | Path], config: ServerConfig | None = None) -> None:
+        self.models = {name: Path(path) for name, path in models.items()}
+        self.config = config or ServerConfig()
+        self.workdir = Path(self.config.workdir).resolve()
+        self.process: subprocess.Popen | None = None
+
+    # -- setup -------------------------------------------------------------------------
+    def prepare(self) -> list[Path]:
+        """Check prerequisites, build the archives and write config.properties."""
+        if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+            raise ServerError("TorchServe needs Java 11+; install it (Debian: apt-get install openjdk-17-jre-headless)")
+        if shutil.which("torchserve", path=os.path.dirname(sys.executable)) is None and shutil.which("torchserve") is None:
+            raise ServerError("torchserve is not installed; pip install -e '.[serving]'")
+        running = read_record(self.workdir)
+        if running and pid_alive(running["pid"]):
+            raise ServerError(
+                f"a TorchServe started from {self.workdir} is still running (pid {running['pid']}); "
+                "stop it with `make stop` (clead-serve stop)"
+            )
+        cfg = self.config
+        for port in (cfg.inference_port, cfg.management_port, cfg.metrics_port,
+                     cfg.grpc_inference_port, cfg.grpc_management_port):
+            if port_in_use(cfg.host, port):
+                raise ServerError(f"port {port} on {cfg.host} is already in use; choose other ports (see --help)")
+        for sub in ("model_store", "logs", "tmp"):
+            (self.workdir / sub).mkdir(parents=True, exist_ok=True)
+        (self.workdir / KEY_FILE).unlink(missing_ok=True)
+        archives = [build_archive(path, name, self.workdir / "model_store", config=cfg.archive)
+                    for name, path in self.models.items()]
+        (self.workdir / "config.properties").write_text(cfg.properties(self.workdir / "model_store"))
+        return archives
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        tmp = str(self.workdir / "tmp")
+        logs = str(self.workdir / "logs")
+        env.update(TMPDIR=tmp, TEMP=tmp, LOG_LOCATION=logs, METRICS_LOCATION=logs)
+        env.pop("TS_CONFIG_FILE", None)
+        return env
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def start(self, timeout_s: float = 180.0) -> None:
+        """Start in the background (own session) and return once every model answers."""
+        self.prepare()
+        torchserve = shutil.which("torchserve", path=os.path.dirname(sys.executable)) or "torchserve"
+        cmd = [
+            torchserve, "--start", "--foreground", "--ncs",
+            "--ts-config", str(self.workdir / "config.properties"),
+            "--model-store", str(self.workdir / "model_store"),
+            "--models", *[f"{name}={name}.mar" for name in self.models],
+        ]
+        log = open(self.workdir / "logs" / "torchserve.out", "wb")
+        # cwd = workdir: TorchServe writes key_file.json into its working directory.
+        self.process = subprocess.Popen(cmd, cwd=self.workdir, env=self.env(), stdout=log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        write_record(self.workdir, {"pid": self.process.pid, "pgid": self.process.pid, **self.describe()})
+        try:
+            self.wait_ready(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def describe(self) -> dict[str, Any]:
+        cfg = self.config
+        return {
+            "inference_url": cfg.inference_url,
+            "management_url": cfg.management_url,
+            "models": sorted(self.models),
+            "token_auth": cfg.token_auth,
+            "key_file": str(self.workdir / KEY_FILE) if cfg.token_auth else None,
+        }
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """``/ping`` is healthy before models load, so poll each model's workers, then predict."""
+        from serving.client import TorchServeClient, PredictionError
+
+        deadline = time.monotonic() + timeout_s
+        if self.config.token_auth:
+            while not read_keys(self.workdir):
+                self._check_alive()
+                if time.monotonic() > deadline:
+                    raise ServerError(f"TorchServe wrote no {KEY_FILE} within {timeout_s:.0f}s; {self.log_tail()}")
+                time.sleep(0.2)
+        client = TorchServeClient(self.config.inference_url, key_file=self.key_file(), timeout=30)
+        pending = set(self.models)
+        probe = sample_png()
+        while pending:
+            self._check_alive()
+            for name in sorted(pending):
+                if self.workers_ready(name):
+                    try:
+                        client.predict(probe, model=name)
+                        pending.discard(name)
+                    except PredictionError as err:
+                        if err.status != 503:
+                            raise ServerError(f"model {name} loaded but answers {err}; {self.log_tail()}") from err
+            if pending and time.monotonic() > deadline:
+                raise ServerError(f"models {sorted(pending)} not ready within {timeout_s:.0f}s; {self.log_tail()}")
+            if pending:
+                time.sleep(0.5)
+
+    def key_file(self) -> Path | None:
+        return self.workdir / KEY_FILE if self.config.token_auth else None
+
+    def workers_ready(self, name: str) -> bool:
+        import requests
+
+        headers = {}
+        if self.config.token_auth:
+            headers["Authorization"] = f"Bearer {read_keys(self.workdir).get('management', '')}"
+        try:
+            resp = requests.get(f"{self.config.management_url}/models/{name}", headers=headers, timeout=5)
+        except requests.ConnectionError:
+            return False
+        if resp.status_code != 200:
+            return False
+        workers = resp.json()[0].get("workers", [])
+        return bool(workers) and all(w.get("status") == "READY" for w in workers)
+
+    def _check_alive(self) -> None:
+        if self.process is not None and self.process.poll() is not None:
+            raise ServerError(f"TorchServe exited with code {self.process.returncode}; {self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        parts = []
+        for name in ("torchserve.out", "model_log.log"):
+            path = self.workdir / "logs" / name
+            if path.is_file():
+                tail = path.read_text(errors="replace").splitlines()[-lines:]
+                parts.append(f"--- {path} ---\n" + "\n".join(tail))
+        return "\n".join(parts) or f"no logs in {self.workdir / 'logs'}"
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        stop_instance(self.workdir, timeout_s)
+        if self.process is not None:
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+# -- process record, shared by `up` and `stop` ----------------------------------------------
+def write_record(workdir: Path, record: dict[str, Any]) -> None:
+    (workdir / SERVER_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def read_record(workdir: str | Path) -> dict[str, Any] | None:
+    path = Path(workdir) / SERVER_RECORD
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes of the process group we started TorchServe in (launcher, java, workers)."""
+    import psutil
+
+    members = []
+    for proc in psutil.process_iter(["pid", "status"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                members.append(proc.pid)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            continue
+    return members
+
+
+def stop_instance(workdir: str | Path, timeout_s: float = 60.0) -> bool:
+    """Stop the TorchServe recorded in ``workdir``; returns False if none was running.
+
+    SIGTERM goes to the frontend (java) first: its shutdown hook stops the workers cleanly.
+    Whatever of the process group is still alive after ``timeout_s`` is killed.
+    """
+    workdir = Path(workdir).resolve()
+    record = read_record(workdir)
+    if not record:
+        return False
+    pgid = record["pgid"]
+    members = group_members(pgid)
+    if not members:
+        (workdir / SERVER_RECORD).unlink(missing_ok=True)
+        return False
+    import psutil
+
+    launcher = record["pid"]
+    frontends = [p for p in members if p != launcher and "java" in _name(p)]
+    for pid in frontends or [launcher]:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while group_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in group_members(pgid):
+        _signal(pid, signal.SIGKILL)
+    psutil.wait_procs([p for p in _procs(members)], timeout=5)
+    (workdir / SERVER_RECORD).unlink(missing_ok=True)
+    return True
+
+
+def _name(pid: int) -> str:
+    import psutil
+
+    try:
+        return psutil.Process(pid).name()
+    except psutil.NoSuchProcess:
+        return ""
+
+
+def _procs(pids: list[int]) -> list:
+    import psutil
+
+    procs = []
+    for pid in pids:
+        try:
+            procs.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            continue
+    return procs
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,132 @@
+"""Serve the same artifacts with Triton through PyTriton, with Triton's dynamic batching.
+
+Each model takes one input ``image`` (BYTES: the encoded file, exactly what TorchServe gets
+as a body) and an optional ``topk`` (INT32), and returns ``result`` (BYTES: the same JSON
+that TorchServe answers). Decoding, limits and batching of the forward pass are
+:class:`serving.handler.Predictor`'s, shared with the TorchServe handler.
+
+Triton fails a whole batch when the Python callable raises, so a bad image does not raise:
+its ``result`` carries the error JSON (``code``, ``type``, ``message``) and the client turns
+it into the same error as TorchServe's 4xx. Run inside the Triton environment
+(``serving/tritonenv.py``); ``clead-serve triton`` takes care of that.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from serving.handler import Limits, Predictor
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TritonServeConfig:
+    host: str = "127.0.0.1"  # every Triton endpoint binds here only
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    max_batch_size: int = 8  # most images Triton groups into one call
+    max_queue_delay_us: int = 50_000  # how long Triton waits to fill a batch, microseconds
+    gpu_id: int | None = 0  # used only when CUDA is available
+    limits: Limits = field(default_factory=Limits)
+
+
+def make_infer_fn(predictor: Predictor) -> Callable[[list], list[dict[str, np.ndarray]]]:
+    """A PyTriton callable over a list of requests (not ``@batch``: requests differ in topk)."""
+
+    def infer(requests: list) -> list[dict[str, np.ndarray]]:
+        payloads, topks, counts = [], [], []
+        for request in requests:
+            images = request["image"].reshape(-1)
+            topk = request.data.get("topk")
+            ks = topk.reshape(-1).tolist() if topk is not None else [None] * len(images)
+            if len(ks) != len(images):
+                ks = [ks[0]] * len(images)
+            payloads.extend({"data": _raw_bytes(image)} for image in images)
+            topks.extend(ks)
+            counts.append(len(images))
+        responses = predictor.predict(payloads, topks)
+        outputs, start = [], 0
+        for n in counts:
+            rows = [[json.dumps(r).encode("utf-8")] for r in responses[start:start + n]]
+            outputs.append({"result": np.array(rows, dtype=np.object_)})
+            start += n
+        return outputs
+
+    return infer
+
+
+def _raw_bytes(value: Any) -> bytes:
+    # BYTES tensors arrive as object arrays of bytes; np.bytes_ scalars would drop trailing NULs.
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if isinstance(value, np.bytes_):
+        return value.tobytes()
+    if isinstance(value, str):
+        return value.encode("latin-1")
+    return bytes(value)
+
+
+def serve(models: dict[str, str | Path], config: TritonServeConfig | None = None,
+          ready: Callable[[], None] | None = None) -> None:
+    """Load ``models`` (name -> artifact), serve until SIGINT/SIGTERM, then stop cleanly."""
+    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+    from pytriton.triton import Triton, TritonConfig
+
+    config = config or TritonServeConfig()
+    _ensure_libpython_path()
+    predictors = {
+        name: Predictor.from_artifact(str(path), gpu_id=config.gpu_id, name=name, limits=config.limits)
+        for name, path in models.items()
+    }
+    stop = threading.Event()
+    # A Python started in the background by a shell ignores SIGINT; re-arm both signals so
+    # Ctrl-C and `kill` stop Triton and its stub processes cleanly.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    triton_config = TritonConfig(
+        http_address=config.host, http_port=config.http_port,
+        grpc_address=config.host, grpc_port=config.grpc_port,
+        metrics_port=config.metrics_port, exit_on_error=True,
+    )
+    with Triton(config=triton_config) as triton:
+        for name, predictor in predictors.items():
+            triton.bind(
+                model_name=name,
+                infer_func=make_infer_fn(predictor),
+                inputs=[Tensor(name="image", dtype=np.bytes_, shape=(1,)),
+                        Tensor(name="topk", dtype=np.int32, shape=(1,), optional=True)],
+                outputs=[Tensor(name="result", dtype=np.bytes_, shape=(1,))],
+                config=ModelConfig(
+                    max_batch_size=config.max_batch_size,
+                    batcher=DynamicBatcher(max_queue_delay_microseconds=config.max_queue_delay_us),
+                ),
+                strict=False,
+            )
+        triton.run()
+        if ready is not None:
+            ready()
+        while not stop.wait(0.5):
+            if not triton.is_alive():
+                raise RuntimeError("Triton stopped unexpectedly; see its log above")
+    logger.info("Triton stopped")
+
+
+def _ensure_libpython_path() -> None:
+    """The bundled Triton's Python stub must load this interpreter's libpython, not the system's."""
+    import sysconfig
+
+    libdir = sysconfig.get_config_var("LIBDIR")
+    current = [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
+    if libdir and libdir not in current:
+        os.environ["LD_LIBRARY_PATH"] = os.pathsep.join([libdir, *current])

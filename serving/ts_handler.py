@@ -1,0 +1,80 @@
+"""TorchServe handler: a thin ``BaseHandler`` subclass around :class:`serving.handler.Predictor`.
+
+TorchServe hands ``handle`` every request of a server-side batch at once; the predictor
+decodes each, runs one forward pass over the good ones and returns one JSON body per
+request. A bad request gets its own 4xx status through ``context.set_response_status``;
+its batch-mates still get 200.
+
+This file is the ``--handler`` of the model archive. The archive also carries a copy of the
+``serving`` package (see ``serving/archive.py``), so the ``.mar`` runs wherever TorchServe
+runs (KServe included) without this project installed.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from ts.torch_handler.base_handler import BaseHandler
+
+from serving.artifact import ArtifactError
+from serving.handler import TOPK_HEADER, TOPK_PARAM, Limits, Predictor, dumps, is_error
+
+logger = logging.getLogger(__name__)
+
+
+class CleadHandler(BaseHandler):
+    """Image classification with per-request errors and one forward pass per batch."""
+
+    def initialize(self, context: Any) -> None:
+        props = context.system_properties
+        model_dir = Path(props.get("model_dir") or ".")
+        manifest = getattr(context, "manifest", None) or {}
+        model_info = manifest.get("model", {})
+        serialized = model_info.get("serializedFile")
+        artifact = model_dir / serialized if serialized else self._find_artifact(model_dir)
+        config = (getattr(context, "model_yaml_config", None) or {}).get("handler", {}) or {}
+        limits = Limits(**{k: v for k, v in config.items() if k in Limits.__dataclass_fields__})
+        self.predictor = Predictor.from_artifact(
+            str(artifact),
+            gpu_id=props.get("gpu_id"),
+            name=getattr(context, "model_name", None) or model_info.get("modelName"),
+            version=model_info.get("modelVersion"),
+            limits=limits,
+        )
+        self.device = self.predictor.device
+        self.model = self.predictor.module
+        self.context = context
+        self.initialized = True
+        logger.info("clead handler ready: %s on %s, limits %s", artifact.name, self.device, limits)
+
+    @staticmethod
+    def _find_artifact(model_dir: Path) -> Path:
+        found = sorted(p for p in model_dir.iterdir() if p.suffix in (".pt", ".pt2"))
+        if len(found) != 1:
+            raise ArtifactError(f"expected one .pt/.pt2 model file in {model_dir}, found {[p.name for p in found]}")
+        return found[0]
+
+    def handle(self, data: list[dict[str, Any]], context: Any) -> list[str]:
+        topks = [self._topk(request, idx, context) for idx, request in enumerate(data)]
+        responses = self.predictor.predict(data, topks)
+        for idx, response in enumerate(responses):
+            context.set_response_content_type(idx, "application/json")
+            if is_error(response):
+                context.set_response_status(response["code"], response["type"], idx)
+        return [dumps(r) for r in responses]
+
+    @staticmethod
+    def _topk(request: dict[str, Any], idx: int, context: Any) -> Any:
+        """A ``topk`` field (multipart, or the query of ``/invocations``) wins over the X-TopK header.
+
+        TorchServe 0.12 passes query strings to the handler only on ``/invocations``, not on
+        ``/predictions``, so the header is the way there."""
+        if TOPK_PARAM in request:
+            return request[TOPK_PARAM]
+        headers = context.get_all_request_header(idx) if context.request_processor else {}
+        for key, value in (headers or {}).items():
+            if isinstance(key, str) and key.lower() == TOPK_HEADER:
+                return value
+        return None

@@ -1,0 +1,65 @@
+"""``clead-serve`` without a running server: archive contents, missing models, config.properties."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import yaml
+
+from serving.archive import ArchiveConfig, build_archive
+from serving.cli import main
+from serving.handler import Limits
+from serving.torchserve import ServerConfig, stop_instance
+
+
+def test_archive_holds_everything_the_handler_needs(artifacts, tmp_path):
+    config = ArchiveConfig(batch_size=4, max_batch_delay_ms=20, workers=2, limits=Limits(max_pixels=1000))
+    mar = build_archive(artifacts["clead"], "clead", tmp_path, config=config)
+    with zipfile.ZipFile(mar) as archive:
+        names = set(archive.namelist())
+        assert {"clead.pt", "clead.json", "ts_handler.py", "model-config.yaml", "serving/handler.py",
+                "serving/artifact.py", "serving/__init__.py", "MAR-INF/MANIFEST.json"} <= names
+        model_config = yaml.safe_load(archive.read("model-config.yaml"))
+        manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
+    assert model_config["batchSize"] == 4 and model_config["maxBatchDelay"] == 20
+    assert model_config["minWorkers"] == model_config["maxWorkers"] == 2
+    assert model_config["handler"]["max_pixels"] == 1000
+    assert manifest["model"]["serializedFile"] == "clead.pt" and manifest["model"]["modelVersion"] == "1"
+
+
+def test_archive_cli_refuses_a_tampered_artifact(artifacts, tmp_path, capsys):
+    copy = tmp_path / "m.pt"
+    copy.write_bytes(artifacts["clead"].read_bytes()[:-10])
+    (tmp_path / "m.json").write_text(artifacts["clead"].with_suffix(".json").read_text())
+    assert main(["archive", str(copy), "--name", "m", "--export-path", str(tmp_path / "store")]) == 1
+    assert "sha256" in capsys.readouterr().err
+    assert not (tmp_path / "store" / "m.mar").exists()
+
+
+def test_up_without_shipped_models_says_how_to_get_them(tmp_path, capsys):
+    assert main(["up", "--models-dir", str(tmp_path), "--workdir", str(tmp_path / "w")]) == 1
+    err = capsys.readouterr().err
+    assert "clead.pt" in err and "baseline.pt" in err and "make models" in err
+    assert not (tmp_path / "w").exists(), "nothing may be started or written when models are missing"
+
+
+def test_triton_without_models_fails_before_any_setup(tmp_path, capsys):
+    assert main(["triton", "--models-dir", str(tmp_path)]) == 1
+    assert "make models" in capsys.readouterr().err
+
+
+def test_stop_with_nothing_running(tmp_path, capsys):
+    assert main(["stop", "--workdir", str(tmp_path)]) == 0
+    assert "no TorchServe running" in capsys.readouterr().out
+    assert stop_instance(tmp_path) is False
+
+
+def test_config_properties_bind_localhost_and_keep_security_on(tmp_path):
+    props = dict(line.split("=", 1) for line in ServerConfig().properties(tmp_path).splitlines())
+    for key in ("inference_address", "management_address", "metrics_address"):
+        assert props[key].startswith("http://127.0.0.1:")
+    assert props["grpc_inference_address"] == props["grpc_management_address"] == "127.0.0.1"
+    assert props["disable_token_authorization"] == "false"
+    assert props["enable_model_api"] == "false"
+    assert int(props["max_request_size"]) > Limits().max_bytes

@@ -1,0 +1,251 @@
+"""Against real servers: TorchServe through ``clead-serve up`` and Triton through ``clead-serve triton``.
+
+Both are started the way a user starts them (the CLI, in a subprocess), on free ports bound to
+127.0.0.1, each TorchServe with its own work folder (TMPDIR, logs, key file, model store).
+Every wait is bounded; the fixtures' finalizers stop whatever is still running. The last
+tests stop each server with SIGINT (Ctrl-C) and check that no process of it is left.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from serving.client import PredictionError, TorchServeClient
+from serving.torchserve import free_port, group_members, port_in_use, read_keys, read_record, stop_instance
+from tests.serving.conftest import CLASSES, encode, random_image
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+MAX_BYTES = 200_000  # handler limit in these tests; TorchServe's own is 64 KiB above it
+
+
+class ServerProcess:
+    """A CLI server in its own session, with its output collected by a thread."""
+
+    def __init__(self, cmd: list[str], ready_line: str, timeout_s: float) -> None:
+        self.lines: list[str] = []
+        self.ready = threading.Event()
+        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     start_new_session=True)
+        threading.Thread(target=self._read, args=(ready_line,), daemon=True).start()
+        deadline = time.monotonic() + timeout_s
+        while not self.ready.wait(0.5):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.interrupt()
+                pytest.fail(f"{cmd[3]} did not get ready (exit {self.proc.returncode}):\n{self.output()}")
+
+    def _read(self, ready_line: str) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            if ready_line in line:
+                self.ready.set()
+
+    def output(self, last: int = 60) -> str:
+        return "".join(self.lines[-last:])
+
+    def interrupt(self, timeout_s: float = 90) -> int:
+        """Ctrl-C, as a terminal would send it; kill only if it does not stop in time."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="module")
+def torchserve(artifacts, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("torchserve")
+    ports = {flag: free_port() for flag in ("--inference-port", "--management-port", "--metrics-port",
+                                            "--grpc-inference-port", "--grpc-management-port")}
+    cmd = [sys.executable, "-m", "serving.cli", "up", "--workdir", str(workdir),
+           "--model", f"clead={artifacts['clead']}", "--model", f"baseline={artifacts['baseline']}",
+           # A long batch window makes batching of concurrent requests certain on a busy 2-core box.
+           "--batch-size", "8", "--max-batch-delay-ms", "300", "--max-bytes", str(MAX_BYTES), "--timeout", "150"]
+    for flag, port in ports.items():
+        cmd += [flag, str(port)]
+    server = ServerProcess(cmd, "press Ctrl-C to stop", timeout_s=200)
+    server.workdir = workdir
+    server.url = f"http://127.0.0.1:{ports['--inference-port']}"
+    server.ports = list(ports.values())
+    server.client = TorchServeClient(server.url, key_file=workdir / "key_file.json")
+    yield server
+    server.interrupt()
+    stop_instance(workdir, timeout_s=30)  # safety net; a no-op when Ctrl-C worked
+
+
+@pytest.fixture(scope="module")
+def triton(artifacts):
+    from serving.tritonenv import ensure_env
+
+    ensure_env()  # one-time venv; done here so the server's own wait below stays short
+    http = free_port()
+    cmd = [sys.executable, "-m", "serving.cli", "triton",
+           "--model", f"clead={artifacts['clead']}", "--model", f"baseline={artifacts['baseline']}",
+           "--http-port", str(http), "--grpc-port", str(free_port()), "--metrics-port", str(free_port()),
+           "--max-queue-delay-us", "200000"]
+    server = ServerProcess(cmd, "Triton is ready", timeout_s=180)
+    server.url = f"127.0.0.1:{http}"
+    server.children = server_children(server.proc.pid)
+    yield server
+    server.interrupt()
+    for child in server.children:  # safety net: nothing of it may outlive the test module
+        if child.is_running():
+            child.kill()
+
+
+def server_children(pid: int) -> list[psutil.Process]:
+    return psutil.Process(pid).children(recursive=True)
+
+
+def images(n: int) -> list[bytes]:
+    return [encode(random_image(48, 40, seed=i), "PNG") for i in range(n)]
+
+
+def triton_predict(server, paths: list[Path], model: str = "clead") -> list[dict]:
+    """The user path: ``clead-serve predict --engine triton`` (runs in the Triton venv)."""
+    out = subprocess.run([sys.executable, "-m", "serving.cli", "predict", "--engine", "triton", "--url", server.url,
+                          "--model", model, "--json", *map(str, paths)], cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+    assert out.stdout.strip(), out.stderr
+    return [json.loads(line) for line in out.stdout.splitlines()]
+
+
+# -- TorchServe -----------------------------------------------------------------------------
+@pytest.mark.parametrize("model", ["clead", "baseline"])
+def test_both_models_answer(torchserve, model):
+    body = torchserve.client.predict(encode(random_image(), "JPEG"), model=model)
+    assert body["model"] == model and body["version"] == "1"
+    assert body["label"] == CLASSES[body["index"]] and len(body["topk"]) == 5
+    assert body["probability"] == max(body["topk"].values())
+
+
+def test_the_two_models_differ(torchserve):
+    image = images(1)[0]
+    a = torchserve.client.predict(image, "clead", topk=10)["topk"]
+    b = torchserve.client.predict(image, "baseline", topk=10)["topk"]
+    assert a != b
+
+
+def test_token_auth_is_on(torchserve):
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        resp = requests.post(f"{torchserve.url}/predictions/clead", data=images(1)[0], headers=headers, timeout=30)
+        # TorchServe 0.12 answers a missing or wrong key with 400, not 401.
+        assert resp.status_code == 400 and resp.json()["type"] == "InvalidKeyException"
+    keys = read_keys(torchserve.workdir)
+    assert set(keys) == {"management", "inference", "api"}
+    assert (torchserve.workdir / "key_file.json").stat().st_mode & 0o077 == 0  # owner-only
+
+
+def test_model_registration_api_is_off(torchserve):
+    keys = read_keys(torchserve.workdir)
+    mgmt = torchserve.url.rsplit(":", 1)[0] + f":{torchserve.ports[1]}"
+    resp = requests.post(f"{mgmt}/models?url=clead.mar&model_name=again",
+                         headers={"Authorization": f"Bearer {keys['management']}"}, timeout=30)
+    assert resp.status_code == 405  # enable_model_api=false: registering is not a method here
+    listed = requests.get(f"{mgmt}/models", headers={"Authorization": f"Bearer {keys['management']}"}, timeout=30)
+    assert sorted(m["modelName"] for m in listed.json()["models"]) == ["baseline", "clead"]
+
+
+def test_concurrent_requests_are_batched_and_a_bad_one_is_isolated(torchserve):
+    batch_sizes = []
+    for _ in range(3):  # scheduling can split a round; three rounds make a batch > 1 certain
+        results = torchserve.client.predict_many([*images(7), b"not an image"], "clead", concurrency=8)
+        bad = results[-1]
+        assert isinstance(bad, PredictionError) and bad.status == 415, bad
+        assert bad.body["type"] == "UnsupportedMediaType" and "not a JPEG" in bad.body["message"]
+        good = results[:-1]
+        assert all(isinstance(r, dict) and r["label"] in CLASSES for r in good), good
+        batch_sizes += [r["batch_size"] for r in good]
+        if max(batch_sizes) > 1:
+            break
+    assert max(batch_sizes) > 1, f"TorchServe never batched concurrent requests: {batch_sizes}"
+
+
+def test_topk_header_and_multipart_field(torchserve):
+    key = read_keys(torchserve.workdir)["inference"]
+    auth = {"Authorization": f"Bearer {key}"}
+    image = images(1)[0]
+    raw = requests.post(f"{torchserve.url}/predictions/clead", data=image, headers={**auth, "X-TopK": "3"}, timeout=30)
+    assert raw.status_code == 200 and len(raw.json()["topk"]) == 3
+    form = requests.post(f"{torchserve.url}/predictions/clead", files={"data": ("x.png", image, "image/png")},
+                         data={"topk": "2"}, headers=auth, timeout=30)
+    assert form.status_code == 200 and len(form.json()["topk"]) == 2
+    assert form.json()["index"] == raw.json()["index"]
+    bad = requests.post(f"{torchserve.url}/predictions/clead", data=image, headers={**auth, "X-TopK": "many"}, timeout=30)
+    assert bad.status_code == 400 and "topk" in bad.json()["message"]
+
+
+def test_size_limits(torchserve):
+    with pytest.raises(PredictionError) as handler_limit:
+        torchserve.client.predict(b"\xff" * (MAX_BYTES + 1000), "clead")
+    assert handler_limit.value.status == 413 and f"{MAX_BYTES} bytes" in handler_limit.value.body["message"]
+    with pytest.raises(PredictionError) as server_limit:
+        torchserve.client.predict(b"\xff" * (MAX_BYTES + 200_000), "clead")
+    assert server_limit.value.status == 413
+    assert torchserve.client.predict(images(1)[0], "clead")["label"] in CLASSES  # worker still alive
+
+
+def test_cli_predict(torchserve, tmp_path):
+    paths = []
+    for i, data in enumerate(images(2)):
+        paths.append(tmp_path / f"{i}.png")
+        paths[-1].write_bytes(data)
+    out = subprocess.run([sys.executable, "-m", "serving.cli", "predict", "--url", torchserve.url, "--model", "baseline",
+                          "--key-file", str(torchserve.workdir / "key_file.json"), "--topk", "2", *map(str, paths)],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("baseline v1") == 2 and str(paths[1]) in out.stdout
+
+
+# -- Triton ---------------------------------------------------------------------------------
+def test_triton_gives_the_same_answers_as_torchserve(torchserve, triton, tmp_path):
+    paths = []
+    for i, data in enumerate([*images(3), encode(random_image(64, 64, seed=9), "JPEG"), encode(random_image(), "BMP")]):
+        paths.append(tmp_path / f"{i}.img")
+        paths[-1].write_bytes(data)
+    for model in ("clead", "baseline"):
+        from_triton = triton_predict(triton, paths, model)
+        for path, answer in zip(paths, from_triton):
+            expected = torchserve.client.predict(path, model)
+            assert answer["model"] == model
+            assert answer["index"] == expected["index"] and answer["label"] == expected["label"]
+            assert answer["probability"] == pytest.approx(expected["probability"], abs=1e-5)
+
+
+def test_triton_refuses_a_bad_image_like_torchserve(triton, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff garbage")
+    answer = triton_predict(triton, [bad])[0]
+    assert answer["code"] == 415 and "not a JPEG" in answer["message"]
+
+
+# -- clean stops (keep these last: they end the module's servers) ---------------------------
+def test_torchserve_stops_cleanly_on_ctrl_c(torchserve):
+    pgid = read_record(torchserve.workdir)["pgid"]
+    assert group_members(pgid), "TorchServe should be running before the stop"
+    assert torchserve.interrupt() == 0, torchserve.output()
+    assert "stopped" in torchserve.output()
+    assert group_members(pgid) == [], "processes of TorchServe outlived Ctrl-C"
+    assert not any(port_in_use("127.0.0.1", p) for p in torchserve.ports)
+    assert read_record(torchserve.workdir) is None
+
+
+def test_triton_stops_cleanly_on_ctrl_c(triton):
+    assert triton.children, "Triton runs tritonserver as a child process"
+    assert triton.interrupt() == 0, triton.output()
+    psutil.wait_procs(triton.children, timeout=30)
+    assert not [c for c in triton.children if c.is_running()], "Triton processes outlived Ctrl-C"
