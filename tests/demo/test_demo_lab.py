@@ -1,0 +1,122 @@
+"""The attack lab's compute, without Gradio."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from demo import lab
+
+TOL = 1e-6  # float32 rounding of k/255
+
+
+@pytest.fixture(scope="module")
+def models(artifacts):
+    return lab.load_models(artifacts["baseline"], artifacts["hardened"])
+
+
+@pytest.fixture(scope="module")
+def x(models, photo):
+    return lab.to_model_input(lab.load_image(photo), models["baseline"].input_size)
+
+
+def test_missing_artifacts_name_files_and_flags(tmp_path, artifacts):
+    with pytest.raises(lab.MissingArtifactsError) as err:
+        lab.load_models(tmp_path / "nope.pt", tmp_path / "also-nope.pt")
+    message = str(err.value)
+    assert "nope.pt" in message and "also-nope.pt" in message
+    assert "--baseline" in message and "--hardened" in message
+    with pytest.raises(lab.MissingArtifactsError, match="hardened"):
+        lab.load_models(artifacts["baseline"], tmp_path / "missing.pt")
+
+
+def test_upload_is_resized_to_model_input(x, photo):
+    assert x.shape == (1, 3, 32, 32) and x.dtype == torch.float32
+    assert 0 <= float(x.min()) and float(x.max()) <= 1
+    # Transparent pixels become white, not black.
+    assert float(x[0, :, 0, :].mean()) > 0.99
+
+
+@pytest.mark.parametrize("attack", list(lab.ATTACK_CHOICES))
+@pytest.mark.parametrize("target", list(lab.TARGETS))
+def test_perturbation_within_eps_and_both_models_answer(models, x, attack, target):
+    eps = 8 / 255
+    result = lab.run_lab(models, x, attack, eps, 3, target)
+    assert set(result.outcomes) == set(lab.ROLES)
+    for role, o in result.outcomes.items():
+        assert o.linf <= eps + TOL
+        assert 0 <= float(o.x_adv.min()) and float(o.x_adv.max()) <= 1
+        # The adversarial image is exactly representable in 8 bits (what the UI shows).
+        assert torch.allclose(o.x_adv * 255, (o.x_adv * 255).round(), atol=1e-4)
+        assert len(o.clean) == len(o.adversarial) == lab.TOP_K
+        assert all(label in models[role].classes for label, _ in o.clean + o.adversarial)
+        assert sum(p for _, p in o.clean) <= 1 + TOL
+        assert o.attacked_against == (role if target == "each" else target)
+        assert role in o.verdict() and ("fooled" in o.verdict() or "holds" in o.verdict())
+    if target != "each":  # one image for both models: a transfer attack
+        assert torch.equal(result.outcomes["baseline"].x_adv, result.outcomes["hardened"].x_adv)
+
+
+def test_pgd_lowers_confidence_of_the_attacked_prediction(models, x):
+    result = lab.run_lab(models, x, "PGD", 8 / 255, 10, "each")
+    for o in result.outcomes.values():
+        label, p_clean = o.clean[0]
+        # Absent from the adversarial top-5 means below its 5th entry.
+        p_adv = dict(o.adversarial).get(label, o.adversarial[-1][1])
+        assert p_adv < p_clean, (o.clean, o.adversarial)
+
+
+def test_zero_eps_changes_nothing(models, x):
+    result = lab.run_lab(models, x, "PGD", 0.0, 10, "each")
+    for o in result.outcomes.values():
+        assert o.linf == 0 and not o.fooled and "holds" in o.verdict()
+
+
+def test_runs_are_repeatable(models, x):
+    a = lab.run_lab(models, x, "PGD", 4 / 255, 5, "baseline")
+    b = lab.run_lab(models, x, "PGD", 4 / 255, 5, "baseline")
+    assert torch.equal(a.outcomes["baseline"].x_adv, b.outcomes["baseline"].x_adv)
+
+
+def test_invalid_settings_raise(models, x):
+    with pytest.raises(ValueError, match="unknown attack"):
+        lab.run_lab(models, x, "nope", 8 / 255, 10, "each")
+    with pytest.raises(ValueError, match="unknown target"):
+        lab.run_lab(models, x, "PGD", 8 / 255, 10, "everyone")
+
+
+def test_bad_uploads_give_readable_errors(tmp_path, not_an_image, too_many_pixels, photo):
+    with pytest.raises(lab.BadImageError, match="not an image"):
+        lab.load_image(not_an_image)
+    with pytest.raises(lab.BadImageError, match="megapixels"):
+        lab.load_image(too_many_pixels)
+    with pytest.raises(lab.BadImageError, match="MiB"):
+        lab.load_image(photo, max_bytes=100)
+    truncated = tmp_path / "cut.jpg"
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(truncated, format="JPEG")
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    with pytest.raises(lab.BadImageError, match="cut.jpg"):
+        lab.load_image(truncated)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "WEBP", "BMP", "GIF", "TIFF"])
+def test_common_formats_load(tmp_path, fmt):
+    path = tmp_path / f"img.{fmt.lower()}"
+    Image.new("RGB", (50, 40), (200, 20, 20)).save(path, format=fmt)
+    img = lab.load_image(path)
+    assert img.mode == "RGB" and img.size == (50, 40)
+
+
+def test_perturbation_image_maps_eps_to_full_range():
+    eps = 8 / 255
+    delta = torch.tensor([-eps, 0.0, eps]).view(1, 3, 1, 1).expand(1, 3, 2, 2)
+    pixels = lab.perturbation_image(delta, eps)
+    assert pixels.shape == (2, 2, 3) and pixels.dtype == np.uint8
+    assert pixels[0, 0].tolist() == [0, 128, 255]
+
+
+def test_eps_label():
+    assert lab.eps_label(8 / 255) == "8/255"
+    assert lab.eps_label(0.0) == "0/255"
