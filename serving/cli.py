@@ -194,8 +194,10 @@ def print_ready(server) -> None:
         auth = f' -H "Authorization: Bearer {read_keys(server.workdir)["inference"]}"'
     print("\nTorchServe is ready; try:")
     for name in sorted(server.models):
-        print(f"  curl --data-binary @{sample}{auth} '{cfg.inference_url}/predictions/{name}?topk=3'")
-    print(f"  clead-serve predict --url {cfg.inference_url} --model clead --key-file {server.workdir / 'key_file.json'} {sample}")
+        print(f"  curl --data-binary @{sample} -H 'Content-Type: application/octet-stream'{auth} "
+              f"-H 'X-TopK: 3' {cfg.inference_url}/predictions/{name}")
+    program = sys.argv[0] if Path(sys.argv[0]).name == "clead-serve" else "clead-serve"
+    print(f"  {program} predict --url {cfg.inference_url} --model clead --key-file {server.workdir / 'key_file.json'} {sample}")
     if cfg.token_auth:
         print(f"keys (inference, management, token API) are in {server.workdir / 'key_file.json'};"
               " they expire after --token-expiration-min minutes")

@@ -220,13 +220,24 @@ class Predictor:
             logits = self.module(batch)
         return logits.float().cpu()
 
-    def predict(self, requests: Sequence[Mapping[str, Any]], topk_values: Sequence[Any] | None = None) -> list[dict]:
-        """Answer every request: a prediction dict, or an error dict (see :func:`is_error`)."""
+    def predict(
+        self,
+        requests: Sequence[Mapping[str, Any]],
+        topk_values: Sequence[Any] | None = None,
+        rejected: Sequence[RequestError | None] | None = None,
+    ) -> list[dict]:
+        """Answer every request: a prediction dict, or an error dict (see :func:`is_error`).
+
+        ``rejected`` carries errors the engine found before us (e.g. a mangled form body).
+        """
         topk_values = topk_values if topk_values is not None else [None] * len(requests)
+        rejected = rejected if rejected is not None else [None] * len(requests)
         responses: list[dict | None] = [None] * len(requests)
         tensors, ks, slots = [], [], []
         for i, (request, topk) in enumerate(zip(requests, topk_values)):
             try:
+                if rejected[i] is not None:
+                    raise rejected[i]
                 k = parse_topk(topk, self.limits.default_topk, len(self.classes))
                 tensors.append(decode_image(extract_image(request), self.input_size, self.limits))
                 ks.append(k)

@@ -19,7 +19,7 @@ from typing import Any
 from ts.torch_handler.base_handler import BaseHandler
 
 from serving.artifact import ArtifactError
-from serving.handler import TOPK_HEADER, TOPK_PARAM, Limits, Predictor, dumps, is_error
+from serving.handler import TOPK_HEADER, TOPK_PARAM, Limits, Predictor, RequestError, dumps, is_error
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,8 @@ class CleadHandler(BaseHandler):
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[str]:
         topks = [self._topk(request, idx, context) for idx, request in enumerate(data)]
-        responses = self.predictor.predict(data, topks)
+        rejected = [self._form_encoded(idx, context) for idx in range(len(data))]
+        responses = self.predictor.predict(data, topks, rejected)
         for idx, response in enumerate(responses):
             context.set_response_content_type(idx, "application/json")
             if is_error(response):
@@ -66,15 +67,33 @@ class CleadHandler(BaseHandler):
         return [dumps(r) for r in responses]
 
     @staticmethod
-    def _topk(request: dict[str, Any], idx: int, context: Any) -> Any:
+    def _headers(idx: int, context: Any) -> dict[str, Any]:
+        if not context.request_processor:
+            return {}
+        return {k.lower(): v for k, v in (context.get_all_request_header(idx) or {}).items() if isinstance(k, str)}
+
+    @classmethod
+    def _form_encoded(cls, idx: int, context: Any) -> RequestError | None:
+        """TorchServe parses an ``application/x-www-form-urlencoded`` body as an HTML form
+        before the handler sees it, which destroys binary data. That is curl ``--data-binary``'s
+        default content type, so say exactly how to send the image instead."""
+        content_type = str(cls._headers(idx, context).get("content-type", "")).split(";")[0].strip().lower()
+        if content_type != "application/x-www-form-urlencoded":
+            return None
+        return RequestError(
+            415,
+            "the image was sent as Content-Type application/x-www-form-urlencoded (curl --data-binary's "
+            "default), which TorchServe decodes as a form, losing the bytes; add "
+            "-H 'Content-Type: application/octet-stream' (or image/jpeg, image/png), "
+            "or send it as multipart with -F data=@image.jpg",
+        )
+
+    @classmethod
+    def _topk(cls, request: dict[str, Any], idx: int, context: Any) -> Any:
         """A ``topk`` field (multipart, or the query of ``/invocations``) wins over the X-TopK header.
 
         TorchServe 0.12 passes query strings to the handler only on ``/invocations``, not on
         ``/predictions``, so the header is the way there."""
         if TOPK_PARAM in request:
             return request[TOPK_PARAM]
-        headers = context.get_all_request_header(idx) if context.request_processor else {}
-        for key, value in (headers or {}).items():
-            if isinstance(key, str) and key.lower() == TOPK_HEADER:
-                return value
-        return None
+        return cls._headers(idx, context).get(TOPK_HEADER)

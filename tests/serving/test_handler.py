@@ -159,6 +159,14 @@ def test_handler_answers_each_request_of_a_batch(make_handler):
     assert fake.context.get_response_content_type(0) == "application/json"
 
 
+def test_form_encoded_body_gets_an_actionable_error(make_handler, png):
+    handler, fake = make_handler()
+    headers = [{"Content-Type": "application/x-www-form-urlencoded"}, {"Content-Type": "image/png"}]
+    out = [json.loads(o) for o in handler.handle([{}, {"body": png}], fake.for_batch(headers))]
+    assert out[0]["code"] == 415 and "-H 'Content-Type: application/octet-stream'" in out[0]["message"]
+    assert out[1]["batch_size"] == 1
+
+
 def test_handler_matches_direct_model_output(make_handler, artifacts, png):
     handler, fake = make_handler()
     body = json.loads(handler.handle([{"body": png}], fake.for_batch([{}]))[0])
