@@ -14,6 +14,8 @@ batch still runs through one forward pass.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 import json
 import math
@@ -84,8 +86,19 @@ def extract_image(request: Mapping[str, Any]) -> bytes:
                 f"(got fields {sorted(request)})",
             )
         value = request[candidates[0]]
+    if isinstance(value, dict) and isinstance(value.get("b64"), str):
+        value = value["b64"]  # KServe v1 / TF-serving style {"b64": "..."}
+    if isinstance(value, str):
+        # KServe's envelope hands over {"instances": [{"data": "<base64>"}]} entries.
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            pass
     if isinstance(value, (dict, list, str)):
-        raise RequestError(415, "the body is JSON or text; send the image file's bytes (e.g. curl --data-binary @cat.jpg)")
+        raise RequestError(
+            415, "the body is JSON or text; send the image file's bytes (Content-Type: application/octet-stream) "
+                 "or, in JSON, the file as a base64 string"
+        )
     data = as_bytes(value)
     if data is None:
         raise RequestError(400, f"cannot read an image from a {type(value).__name__} field")

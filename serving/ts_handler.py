@@ -60,7 +60,9 @@ class CleadHandler(BaseHandler):
         topks = [self._topk(request, idx, context) for idx, request in enumerate(data)]
         rejected = [self._form_encoded(idx, context) for idx in range(len(data))]
         responses = self.predictor.predict(data, topks, rejected)
-        for idx, response in enumerate(responses):
+        # Under a request envelope (KServe) ``data`` holds the instances of one request, so
+        # there may be more entries than HTTP requests to set a status on.
+        for idx, response in enumerate(responses[: len(context.request_processor or [])]):
             context.set_response_content_type(idx, "application/json")
             if is_error(response):
                 context.set_response_status(response["code"], response["type"], idx)
@@ -68,7 +70,7 @@ class CleadHandler(BaseHandler):
 
     @staticmethod
     def _headers(idx: int, context: Any) -> dict[str, Any]:
-        if not context.request_processor:
+        if idx >= len(context.request_processor or []):
             return {}
         return {k.lower(): v for k, v in (context.get_all_request_header(idx) or {}).items() if isinstance(k, str)}
 

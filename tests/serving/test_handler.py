@@ -167,6 +167,29 @@ def test_form_encoded_body_gets_an_actionable_error(make_handler, png):
     assert out[1]["batch_size"] == 1
 
 
+def test_base64_instances_as_kserve_envelope_hands_them_over(png):
+    import base64
+
+    from serving.handler import extract_image
+
+    text = base64.b64encode(png).decode()
+    assert extract_image({"data": text}) == png
+    assert extract_image({"data": {"b64": text}}) == png
+    with pytest.raises(RequestError) as info:
+        extract_image({"data": "not base64 at all!"})
+    assert info.value.code == 415
+
+
+def test_envelope_instances_outnumbering_requests(make_handler, png):
+    """KServe's envelope passes one request's instances as the batch: no per-request status to index."""
+    import base64
+
+    handler, fake = make_handler()
+    instances = [{"data": base64.b64encode(png).decode()}, {"data": "bad"}, {"data": {"b64": base64.b64encode(png).decode()}}]
+    out = [json.loads(o) for o in handler.handle(instances, fake.for_batch([{}]))]
+    assert [o.get("batch_size") for o in out] == [2, None, 2] and out[1]["code"] == 415
+
+
 def test_handler_matches_direct_model_output(make_handler, artifacts, png):
     handler, fake = make_handler()
     body = json.loads(handler.handle([{"body": png}], fake.for_batch([{}]))[0])
