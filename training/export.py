@@ -96,7 +96,7 @@ def export_artifact(
         input_size=list(input_size),
         num_classes=len(metadata["classes"]),
         sha256=sha256_file(out),
-        torch_version=torch.__version__,
+        torch_version=str(torch.__version__),
     )
     write_json_atomic(metadata_path(out), meta)
     return out

@@ -11,7 +11,7 @@ from training.export import FORMATS, export_artifact
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run", help="run directory (its best.pt) or a checkpoint file")
+    parser.add_argument("run_dir", metavar="RUN", help="run directory (its best.pt) or a checkpoint file")
     parser.add_argument("--out", required=True, help="artifact path: .pt (TorchScript) or .pt2 (torch.export)")
     parser.add_argument("--format", choices=sorted(FORMATS), help="default: from the --out suffix")
     parser.add_argument("--which", choices=("best", "last"), default="best", help="checkpoint of the run to export")
@@ -44,11 +44,18 @@ def checkpoint_metadata(state: dict, name: str, version: str) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     prefer = BEST if args.which == "best" else LAST
-    ckpt = resolve_checkpoint(args.run, prefer)
+    ckpt = resolve_checkpoint(args.run_dir, prefer)
     model, state = model_from_checkpoint(ckpt, prefer)
     out = Path(args.out)
     meta = checkpoint_metadata(state, args.name or out.stem, args.version)
     meta["source_checkpoint"] = str(ckpt)
+    summary = ckpt.parent / "summary.json"
+    if summary.is_file():  # how the run was made: command, wall time, hardware
+        import json
+
+        info = json.loads(summary.read_text())
+        meta["training"] = {k: info.get(k) for k in ("command", "wall_seconds", "hardware", "epochs_run",
+                                                     "best_epoch", "train_images", "git_commit")}
     size = tuple(int(s) for s in (3, state["config"]["data"]["image_size"], state["config"]["data"]["image_size"]))
     path = export_artifact(model, out, meta, input_size=size, fmt=args.format)
     print(f"exported {ckpt} (epoch {state['epoch']}) -> {path} and {path.with_suffix('.json')}", file=sys.stderr)

@@ -30,7 +30,7 @@ def versions() -> dict[str, str]:
 
     from training import __version__
 
-    return {"clead": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+    return {"clead": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
             "python": sys.version.split()[0]}
 
 
