@@ -40,9 +40,11 @@ test: $(STAMP) system-deps
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not server and not browser"
 
+# Foreground until Ctrl-C; extra flags via SERVE_ARGS (e.g. SERVE_ARGS=--no-token-auth, see clead-serve up --help).
 serve: $(STAMP) system-deps
-	$(BIN)/clead-serve up --inference-port $(INFERENCE_PORT) --management-port $(MANAGEMENT_PORT) --metrics-port $(METRICS_PORT)
+	$(BIN)/clead-serve up --inference-port $(INFERENCE_PORT) --management-port $(MANAGEMENT_PORT) --metrics-port $(METRICS_PORT) $(SERVE_ARGS)
 
+# Stops a TorchServe left running from runs/serve (e.g. one started with SERVE_ARGS=--detach).
 stop: $(STAMP)
 	$(BIN)/clead-serve stop
 
