@@ -118,7 +118,6 @@ def build_app(
     import gradio as gr
 
     handlers = Lab(models, predict)
-    h, w = handlers.input_size[1:]
     with gr.Blocks(title="C-LEAD attack lab", analytics_enabled=False) as app:
         gr.Markdown(
             "# C-LEAD attack lab\nAttack one image and compare the **baseline** with the "
@@ -126,51 +125,66 @@ def build_app(
         )
         with gr.Row():
             with gr.Column(scale=1, min_width=300):
-                upload = gr.File(label="Upload an image", file_types=["image"], type="filepath", elem_id="upload")
-                gallery = gr.Gallery(
-                    [(str(s.path), s.label) for s in samples], label="...or pick a CIFAR-10 test image",
-                    columns=4, height="auto", allow_preview=False, visible=bool(samples), elem_id="gallery",
-                )
-                if gallery_note:
-                    gr.Markdown(gallery_note, elem_id="gallery-note")
-                preview = gr.Image(label=f"Model input (center-cropped, resized to {w}x{h})", format="png",
-                                   interactive=False, height=200, buttons=[], elem_id="preview")
-                attack = gr.Dropdown(list(lab.ATTACK_CHOICES), value="PGD", label="Attack", elem_id="attack")
-                eps = gr.Slider(0, lab.EPS_STEPS, value=8, step=1, label="eps, in k/255 (L-inf)", elem_id="eps")
-                eps_shown = gr.Markdown("eps = **8/255**", elem_id="eps-shown")
-                steps = gr.Slider(1, 50, value=10, step=1, label="steps (FGSM takes one)", elem_id="steps")
-                target = gr.Radio(
-                    [(label, key) for key, label in lab.TARGETS.items()], value="each",
-                    label="Compute the attack against", elem_id="target",
-                )
-                run = gr.Button("Attack", variant="primary", elem_id="run")
+                c = _controls(samples, handlers.input_size, gallery_note)
             with gr.Column(scale=2):
                 verdict = gr.Markdown("Upload or pick an image, then press **Attack**.", elem_id="verdict")
-                panels: list[Any] = []
                 with gr.Row():
-                    for role in lab.ROLES:
-                        with gr.Column(elem_id=f"{role}-panel"):
-                            gr.Markdown(f"## {models[role].title}")
-                            with gr.Row():
-                                panels += [
-                                    gr.Image(label=label, format="png", interactive=False, min_width=100, buttons=["download"],
-                                             elem_id=f"{role}-{key}-img")
-                                    for key, label in (("clean", "original"), ("adv", "adversarial"),
-                                                       ("delta", "perturbation"))
-                                ]
-                            panels.append(gr.Markdown(elem_id=f"{role}-sizes"))
-                            with gr.Row():
-                                panels += [
-                                    gr.Label(num_top_classes=lab.TOP_K, label="clean top-5", elem_id=f"{role}-clean"),
-                                    gr.Label(num_top_classes=lab.TOP_K, label="adversarial top-5", elem_id=f"{role}-adv"),
-                                ]
+                    panels = [p for role in lab.ROLES for p in _result_panel(role, models[role].title)]
 
-        upload.change(handlers.preview, upload, preview, api_name="preview")
-        gallery.select(_pick(samples), None, upload, api_visibility="private")
-        eps.change(lambda k: f"eps = **{int(k)}/255**", eps, eps_shown, api_visibility="private")
-        run.click(handlers.attack, [upload, attack, eps, steps, target], [verdict, *panels],
-                  api_name="attack", show_progress="full", concurrency_limit=1)
+        c["upload"].change(handlers.preview, c["upload"], c["preview"], api_name="preview")
+        c["gallery"].select(_pick(samples), None, c["upload"], api_visibility="private")
+        c["eps"].change(lambda k: f"eps = **{int(k)}/255**", c["eps"], c["eps_shown"], api_visibility="private")
+        c["run"].click(
+            handlers.attack, [c[k] for k in ("upload", "attack", "eps", "steps", "target")], [verdict, *panels],
+            api_name="attack", show_progress="full", concurrency_limit=1,
+        )
     return app
+
+
+def _controls(samples: list[Sample], input_size: tuple[int, int, int], gallery_note: str) -> dict[str, Any]:
+    """The left column: image source, resized preview, attack settings and the button."""
+    import gradio as gr
+
+    _, h, w = input_size
+    c: dict[str, Any] = {}
+    c["upload"] = gr.File(label="Upload an image", file_types=["image"], type="filepath", elem_id="upload")
+    c["gallery"] = gr.Gallery(
+        [(str(s.path), s.label) for s in samples], label="...or pick a CIFAR-10 test image",
+        columns=4, height="auto", allow_preview=False, visible=bool(samples), elem_id="gallery",
+    )
+    if gallery_note:
+        gr.Markdown(gallery_note, elem_id="gallery-note")
+    c["preview"] = gr.Image(label=f"Model input (center-cropped, resized to {w}x{h})", format="png",
+                            interactive=False, height=200, buttons=[], elem_id="preview")
+    c["attack"] = gr.Dropdown(list(lab.ATTACK_CHOICES), value="PGD", label="Attack", elem_id="attack")
+    c["eps"] = gr.Slider(0, lab.EPS_STEPS, value=8, step=1, label="eps, in k/255 (L-inf)", elem_id="eps")
+    c["eps_shown"] = gr.Markdown("eps = **8/255**", elem_id="eps-shown")
+    c["steps"] = gr.Slider(1, 50, value=10, step=1, label="steps (FGSM takes one)", elem_id="steps")
+    c["target"] = gr.Radio([(label, key) for key, label in lab.TARGETS.items()], value="each",
+                           label="Compute the attack against", elem_id="target")
+    c["run"] = gr.Button("Attack", variant="primary", elem_id="run")
+    return c
+
+
+def _result_panel(role: str, title: str) -> list[Any]:
+    """One model's results, in the order ``Lab._panels`` fills them."""
+    import gradio as gr
+
+    with gr.Column(elem_id=f"{role}-panel"):
+        gr.Markdown(f"## {title}")
+        with gr.Row():
+            images = [
+                gr.Image(label=label, format="png", interactive=False, min_width=100, buttons=["download"],
+                         elem_id=f"{role}-{key}-img")
+                for key, label in (("clean", "original"), ("adv", "adversarial"), ("delta", "perturbation"))
+            ]
+        sizes = gr.Markdown(elem_id=f"{role}-sizes")
+        with gr.Row():
+            labels = [
+                gr.Label(num_top_classes=lab.TOP_K, label=f"{which} top-{lab.TOP_K}", elem_id=f"{role}-{key}")
+                for key, which in (("clean", "clean"), ("adv", "adversarial"))
+            ]
+    return [*images, sizes, *labels]
 
 
 def _pick(samples: list[Sample]):

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from demo import lab
+from training import CIFAR10_CLASSES
 
 TOL = 1e-6  # float32 rounding of k/255
 
@@ -120,3 +121,49 @@ def test_perturbation_image_maps_eps_to_full_range():
 def test_eps_label():
     assert lab.eps_label(8 / 255) == "8/255"
     assert lab.eps_label(0.0) == "0/255"
+
+
+def test_server_mode_says_where_predictions_and_attack_run(models):
+    from demo.app import model_card
+
+    card = model_card(models, "http://127.0.0.1:8080")
+    assert "http://127.0.0.1:8080" in card and "white-box attack itself runs on the local artifacts" in card
+    assert "server" not in model_card(models, None)
+
+
+def test_importing_the_app_loads_nothing_heavy():
+    import subprocess
+    import sys
+
+    # Gradio (and the models) load in main(), not at import.
+    code = "import sys, demo.app; assert 'gradio' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_gallery_without_data_says_how_to_fix(tmp_path):
+    from demo.gallery import load_samples
+
+    with pytest.raises(FileNotFoundError, match="--data"):
+        load_samples(tmp_path)
+
+
+@pytest.mark.cifar
+def test_gallery_reads_one_test_image_per_class(tmp_path):
+    from demo.gallery import default_data_dir, load_samples
+
+    if not (default_data_dir() / "test.tar.gz").is_file():
+        pytest.skip(f"no CIFAR-10 test tarball at {default_data_dir()}")
+    samples = load_samples(default_data_dir(), out_dir=tmp_path)
+    assert [s.label for s in samples] == list(CIFAR10_CLASSES)
+    assert all(lab.load_image(s.path).size == (32, 32) for s in samples)
+
+
+def test_app_builds_with_the_gallery_hidden_when_no_data(models):
+    from demo.app import build_app
+
+    app = build_app(models, [], gallery_note="Gallery unavailable: no data")
+    assert app.analytics_enabled is False  # offline-safe: no telemetry, no version check
+    config = app.get_config_file()
+    gallery = next(c for c in config["components"] if c["props"].get("elem_id") == "gallery")
+    assert gallery["props"]["visible"] is False
+    assert any("Gallery unavailable" in str(c["props"].get("value")) for c in config["components"])
