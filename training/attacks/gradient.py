@@ -95,7 +95,9 @@ class FGSM(PGD):
     ) -> None:
         if steps != 1:
             raise ValueError("FGSM takes exactly one step; use 'pgd' for more")
-        super().__init__(eps, alpha if alpha is not None else eps, 1, random_start, restarts, norm, targeted)
+        if alpha is None and eps > 0:
+            alpha = eps  # one full step; at eps = 0 leave it unset (PGD rejects alpha = 0)
+        super().__init__(eps, alpha, 1, random_start, restarts, norm, targeted)
 
 
 class CWMargin(PGD):
