@@ -141,6 +141,7 @@ class FrozenEval(nn.Module):
     def __init__(self, module: nn.Module) -> None:
         super().__init__()
         self.module = module
+        self.training = False  # report eval mode from the start, as load_model promises
 
     def train(self, mode: bool = True) -> "FrozenEval":
         self.training = False  # always eval: BatchNorm statistics were frozen at export
