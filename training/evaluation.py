@@ -540,9 +540,9 @@ def plot_curve(curve: dict, path: str | Path, title: str = "") -> Path:
 # Reports
 # ---------------------------------------------------------------------------------------
 def fmt_eps(value: float) -> str:
-    """8/255 rather than 0.0313725 where the value is a whole number of 255ths."""
+    """8/255 rather than 0.0313725 where the value is a round number of 255ths."""
     k = value * 255
-    return f"{round(k)}/255" if value and abs(k - round(k)) < 1e-6 else f"{value:.4g}"
+    return f"{round(k, 2):g}/255" if value and abs(k - round(k, 2)) < 1e-6 else f"{value:.4g}"
 
 
 def _fmt_settings(settings: dict) -> str:
@@ -579,9 +579,9 @@ def render_markdown(report: dict) -> str:
         lines.append(f"| **worst case** | - | all of: {', '.join(w['attacks'])} | {fmt_eps(report['eps'])} | {w['n']} | **{100 * w['accuracy']:.2f}%** | - |")
     if report.get("curve"):
         lines += ["", f"Robustness curve ({report['curve']['n']} images): `robustness_curve.png`."]
+    if report.get("sanity"):
+        lines += ["", "| sanity check (Carlini et al. 2019) | passed | measured |", "|---|---|---|"]
     for check in report.get("sanity", []):
-        if check == report["sanity"][0]:
-            lines += ["", "| sanity check (Carlini et al. 2019) | passed | measured |", "|---|---|---|"]
         values = ", ".join(f"{k}={100 * v:.1f}%" for k, v in check["values"].items())
         lines.append(f"| {check['name']} | {'yes' if check['passed'] else '**NO**'} | {values} |")
     return "\n".join(lines) + "\n"

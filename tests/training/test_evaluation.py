@@ -1,0 +1,301 @@
+"""Evaluation: parsing, subsets, the library entry point, the CLI and the sanity checks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from training import CIFAR10_CLASSES
+from training.data import ImageSet
+from training.evaluation import (
+    AttackSpec, balanced_subset, build_attack, evaluate, fmt_eps, parse_attacks, parse_eps, parse_n, robust_mask,
+)
+
+# Cheap settings: the properties tested do not depend on iteration counts.
+FAST_ATTACKS = "fgsm,pgd:steps=3,apgd-ce:steps=5,autoattack:steps=3:queries=20,square:queries=20"
+
+
+# ---------------------------------------------------------------------------------------
+# Parsing
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("text, value", [("8/255", 8 / 255), ("0.031", 0.031), ("0", 0.0), (" 4/255 ", 4 / 255)])
+def test_parse_eps(text, value):
+    assert parse_eps(text) == pytest.approx(value)
+
+
+@pytest.mark.parametrize("text, match", [("eight", "8/255"), ("8", "pixel units"), ("1/0", "8/255"), ("-0.1", "outside")])
+def test_parse_eps_rejects_with_a_hint(text, match):
+    with pytest.raises(ValueError, match=match):
+        parse_eps(text)
+
+
+def test_parse_attacks_syntax():
+    specs = parse_attacks("fgsm, pgd:steps=50:restarts=5:alpha=2/255 ,cw30,autoattack,square:queries=100")
+    assert [s.name for s in specs] == ["fgsm", "pgd", "cw", "autoattack", "square"]
+    assert specs[1].settings == {"steps": 50, "restarts": 5, "alpha": pytest.approx(2 / 255)}
+    assert specs[1].label == "pgd:steps=50:restarts=5:alpha=2/255"
+    assert specs[2].settings == {"steps": 30}
+    assert specs[3].third_party and not specs[0].third_party
+    assert parse_attacks("pgd:random_start=false")[0].settings == {"random_start": False}
+
+
+@pytest.mark.parametrize("text, match", [
+    ("pgd,foo", "unknown attack 'foo'.*apgd-ce.*autoattack.*square"),
+    ("pgd:steps", "not key=value"),
+    ("pgd,pgd", "twice"),
+    ("", "no attacks"),
+])
+def test_parse_attacks_errors(text, match):
+    with pytest.raises(ValueError, match=match):
+        parse_attacks(text)
+
+
+def test_parse_n():
+    assert parse_n("all") is None and parse_n("1000") == 1000
+    for bad in ("0", "-3", "many"):
+        with pytest.raises(ValueError, match="positive integer or 'all'"):
+            parse_n(bad)
+
+
+def test_build_attack_defaults_and_overrides():
+    pgd = build_attack(AttackSpec("pgd"), 8 / 255)
+    assert (pgd.steps, pgd.eps, pgd.restarts) == (20, pytest.approx(8 / 255), 1)
+    assert pgd.alpha == pytest.approx(2 / 255)  # PGD-20 with step eps/4
+    custom = build_attack(parse_attacks("pgd:steps=7:eps=4/255")[0], 8 / 255)
+    assert (custom.steps, custom.eps) == (7, pytest.approx(4 / 255))
+    assert build_attack(AttackSpec("pgd-l2"), 8 / 255).eps == 0.5  # L2 has its own budget
+    aa = build_attack(AttackSpec("autoattack"), 8 / 255, n_classes=10)
+    assert (aa.steps, aa.queries, aa.version) == (100, 5000, "standard")  # Croce and Hein 2020
+    assert aa.implementation.startswith("torchattacks 3.5")
+    with pytest.raises(ValueError, match="bad settings for attack 'pgd:step=3'"):
+        build_attack(parse_attacks("pgd:step=3")[0], 8 / 255)
+
+
+def test_fmt_eps():
+    assert fmt_eps(8 / 255) == "8/255" and fmt_eps(0.5 / 255) == "0.5/255" and fmt_eps(0.031) == "0.031"
+
+
+# ---------------------------------------------------------------------------------------
+# Subsets
+# ---------------------------------------------------------------------------------------
+def test_balanced_subset_is_seeded_balanced_and_nested():
+    labels = torch.arange(10).repeat_interleave(torch.tensor([50, 40, 30, 60, 50, 50, 50, 50, 50, 5]))
+    a = balanced_subset(labels, 50, seed=1)
+    assert torch.equal(a, balanced_subset(labels, 50, seed=1))
+    assert not torch.equal(a, balanced_subset(labels, 50, seed=2))
+    assert torch.equal(a, a.sort().values) and len(a.unique()) == 50
+    assert torch.bincount(labels[a], minlength=10).tolist() == [5] * 10
+    small = balanced_subset(labels, 30, seed=1)
+    assert set(small.tolist()) <= set(a.tolist())  # the curve's images are among the report's
+    big = torch.bincount(labels[balanced_subset(labels, 200, seed=1)], minlength=10)
+    assert big[9] == 5 and big.sum() == 200  # a short class is exhausted, the others fill in
+    assert torch.equal(balanced_subset(labels, None), torch.arange(len(labels)))
+
+
+# ---------------------------------------------------------------------------------------
+# The library function, on the trained tiny model
+# ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_report(trained_tiny):
+    model, test = trained_tiny
+    updates = []
+    report = evaluate(model, test, FAST_ATTACKS, eps=8 / 255, n=100, batch_size=64, progress=False,
+                      on_update=lambda r: updates.append(len(r["attacks"])))
+    return report, updates
+
+
+@pytest.mark.cifar
+def test_evaluate_reports_every_attack(trained_tiny, tiny_report):
+    model, test = trained_tiny
+    report, updates = tiny_report
+    assert updates == [1, 2, 3, 4, 5]  # saved after every attack (resumable)
+    idx = balanced_subset(test.labels, 100, 0)
+    with torch.no_grad():
+        clean = (model(test.images[idx].float() / 255).argmax(1) == test.labels[idx]).float().mean().item()
+    assert report["clean"]["accuracy"] == pytest.approx(clean) and report["clean"]["n"] == 100
+    assert report["clean"]["accuracy"] > 0.3
+    for row in report["attacks"]:
+        assert row["n"] == 100 and row["eps"] == pytest.approx(8 / 255) and row["seconds"] >= 0
+        assert row["accuracy"] <= report["clean"]["accuracy"]
+        # Per-image: only clean-correct images can be robust.
+        assert all(r <= c for r, c in zip(map(int, row["robust_mask"]), map(int, report["clean"]["correct_mask"])))
+    rows = {r["attack"]: r for r in report["attacks"]}
+    assert rows["autoattack"]["implementation"].startswith("torchattacks 3.5.1")
+    assert rows["square"]["implementation"].startswith("torchattacks")
+    assert rows["pgd"]["implementation"].startswith("clead")
+    assert rows["pgd"]["settings"]["steps"] == 3
+    worst = report["worst_case"]
+    assert worst["accuracy"] <= min(r["accuracy"] for r in report["attacks"])
+    assert len(worst["attacks"]) == 5
+
+
+@pytest.mark.cifar
+def test_evaluate_resume_reuses_identical_attacks(trained_tiny, tiny_report):
+    model, test = trained_tiny
+    report, _ = tiny_report
+    again = evaluate(model, test, "pgd:steps=3,fgsm:random_start=true", n=100, batch_size=64, progress=False, resume_from=report)
+    assert again["attacks"][0].get("resumed") and again["attacks"][0]["robust_mask"] == report["attacks"][1]["robust_mask"]
+    assert not again["attacks"][1].get("resumed")  # other settings: run again
+    with pytest.warns(UserWarning, match="other images"):
+        other = evaluate(model, test, "fgsm", n=50, progress=False, resume_from=report)
+    assert not other["attacks"][0].get("resumed")
+
+
+@pytest.mark.cifar
+def test_results_do_not_depend_on_attack_order(trained_tiny):
+    model, test = trained_tiny
+    a = evaluate(model, test, "pgd:steps=2,cw:steps=2", n=40, progress=False)
+    b = evaluate(model, test, "cw:steps=2,pgd:steps=2", n=40, progress=False)
+    assert a["attacks"][0]["robust_mask"] == b["attacks"][1]["robust_mask"]
+
+
+@pytest.mark.cifar
+def test_eps_zero_gives_clean_accuracy(trained_tiny):
+    model, test = trained_tiny
+    report = evaluate(model, test, "fgsm,pgd,square", eps=0.0, n=50, progress=False)
+    assert all(r["accuracy"] == report["clean"]["accuracy"] for r in report["attacks"])
+
+
+@pytest.mark.cifar
+def test_train_mode_model_warns_and_is_restored(trained_tiny):
+    model, test = trained_tiny
+    model.train()
+    try:
+        with pytest.warns(UserWarning, match="train mode"):
+            report = evaluate(model, test, "fgsm", n=20, progress=False)
+        assert model.training
+    finally:
+        model.eval()
+    assert report["clean"]["n"] == 20
+
+
+@pytest.mark.cifar
+@pytest.mark.slow
+def test_autoattack_runs_every_stage_on_a_torchscript_model(trained_tiny, tmp_path):
+    """At a small eps some images survive APGD, so FAB-T and Square run too (on TorchScript)."""
+    from training.export import export_artifact, load_model
+
+    model, test = trained_tiny
+    scripted, _ = load_model(export_artifact(model, tmp_path / "m.pt", {"classes": list(CIFAR10_CLASSES)}))
+    report = evaluate(scripted, test, "apgd-ce:steps=3,autoattack:steps=3:queries=30", eps=1 / 255, n=30, progress=False)
+    apgd, aa = report["attacks"]
+    assert 0 < aa["accuracy"] <= report["clean"]["accuracy"]
+    assert aa["accuracy"] <= apgd["accuracy"] + 1 / 30
+
+
+def test_an_attack_leaving_the_eps_ball_is_refused():
+    class Cheat:
+        eps, norm = 0.01, "linf"
+
+        def __call__(self, model, x, y):
+            return (x + 0.05).clamp(0, 1)
+
+    data = ImageSet(torch.full((4, 3, 8, 8), 100, dtype=torch.uint8), torch.zeros(4, dtype=torch.long))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 2))
+    with pytest.raises(RuntimeError, match="eps"):
+        robust_mask(model, Cheat(), data, torch.ones(4, dtype=torch.bool), 4, torch.device("cpu"))
+
+
+# ---------------------------------------------------------------------------------------
+# The CLI
+# ---------------------------------------------------------------------------------------
+def _cli(*argv: str) -> int:
+    from training import cli
+
+    return cli.main(["eval", *argv])
+
+
+@pytest.mark.cifar
+@pytest.mark.slow
+def test_cli_writes_report_curve_and_resumes(trained_tiny, cifar_root, tmp_path, capsys):
+    from training.export import export_artifact
+
+    model, _ = trained_tiny
+    artifact = export_artifact(model, tmp_path / "tiny.pt", {"classes": list(CIFAR10_CLASSES), "method": "standard"})
+    out = tmp_path / "eval"
+    args = ["--model", str(artifact), "--data", str(cifar_root), "--attacks", "fgsm,pgd:steps=3,autoattack:steps=3:queries=20",
+            "--n", "60", "--batch-size", "64", "--curve-eps", "0,4,8", "--curve-n", "30", "--out", str(out), "--no-progress"]
+    assert _cli(*args) == 0
+    assert {"report.json", "report.md", "robustness_curve.png"} <= {p.name for p in out.iterdir()}
+    assert (out / "robustness_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"]["method"] == "standard" and len(report["model"]["sha256"]) == 64
+    assert report["data"]["n"] == 60 and report["data"]["split"] == "test"
+    clean = report["clean"]["accuracy"]
+    rows = {r["attack"]: r for r in report["attacks"]}
+    assert set(rows) == {"fgsm", "pgd", "autoattack"}
+    assert all(0 <= r["accuracy"] <= clean for r in rows.values())
+    assert rows["autoattack"]["implementation"] == "torchattacks 3.5.1"
+    curve = report["curve"]
+    assert curve["eps"] == pytest.approx([0, 4 / 255, 8 / 255]) and set(curve["accuracy"]) == {"fgsm", "pgd:steps=3", "worst case"}
+    assert all(ys[0] >= ys[-1] for ys in curve["accuracy"].values())  # more eps, no more accuracy
+
+    markdown = (out / "report.md").read_text()
+    printed = capsys.readouterr().out
+    assert markdown in printed
+    assert "| attack | implementation | settings | eps | n | accuracy | seconds |" in markdown
+    assert "torchattacks 3.5.1" in markdown and "worst case" in markdown and "8/255" in markdown
+
+    assert _cli(*args, "--resume", "--no-curve") == 0
+    resumed = json.loads((out / "report.json").read_text())
+    assert all(r.get("resumed") for r in resumed["attacks"])
+    assert [r["accuracy"] for r in resumed["attacks"]] == [r["accuracy"] for r in report["attacks"]]
+
+
+@pytest.mark.cifar
+def test_cli_errors_are_actionable(trained_tiny, cifar_root, tmp_path, capsys):
+    from training.export import export_artifact
+
+    model, _ = trained_tiny
+    artifact = export_artifact(model, tmp_path / "tiny.pt", {"classes": list("abc")})  # 3 names, 10 logits
+    base = ["--model", str(artifact), "--data", str(cifar_root), "--out", str(tmp_path / "o"), "--no-progress"]
+    assert _cli(*base, "--attacks", "pgd,bim") == 2
+    assert "unknown attack 'bim'" in capsys.readouterr().err
+    assert _cli(*base, "--eps", "8") == 2
+    assert "pixel units" in capsys.readouterr().err
+    assert _cli(*base, "--attacks", "fgsm", "--n", "10") == 2
+    assert "3 classes but the data has 10" in capsys.readouterr().err
+    assert _cli("--model", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "o")) == 2
+
+
+# ---------------------------------------------------------------------------------------
+# Sanity checks (Carlini et al. 2019)
+# ---------------------------------------------------------------------------------------
+SANITY_FAST = dict(strong_steps=20, strong_restarts=2, square_queries=300, autoattack_steps=10, autoattack_queries=100)
+
+
+@pytest.mark.cifar
+@pytest.mark.slow
+def test_sanity_checks_pass_on_an_honest_model(trained_tiny):
+    from training.sanity import format_checks, run_sanity_checks
+
+    model, test = trained_tiny
+    x, y = test.images[:64].float() / 255, test.labels[:64]
+    checks = run_sanity_checks(model, x, y, 2 / 255, **SANITY_FAST)
+    assert len(checks) == 7
+    assert all(c.passed for c in checks), format_checks(checks)
+
+
+class _Quantised(torch.nn.Module):
+    """Rounds inputs to 8 bits: zero gradients everywhere, a textbook case of gradient masking."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(torch.round(x * 255) / 255)
+
+
+@pytest.mark.cifar
+def test_sanity_checks_catch_gradient_masking(trained_tiny):
+    from training.sanity import format_checks, run_sanity_checks
+
+    model, test = trained_tiny
+    x, y = test.images[:64].float() / 255, test.labels[:64]
+    checks = {c.name: c for c in run_sanity_checks(_Quantised(model).eval(), x, y, 8 / 255, autoattack=False, **SANITY_FAST)}
+    assert not checks["black-box (Square) no stronger than white-box"].passed, format_checks(list(checks.values()))
+    assert checks["eps=0 leaves accuracy unchanged"].passed
