@@ -299,7 +299,9 @@ def _batches(x_all: torch.Tensor, index: torch.Tensor, batch_size: int, device: 
 
 
 @torch.no_grad()
-def correct_mask(model: nn.Module, data: ImageSet, batch_size: int, device: torch.device, progress: bool = False) -> torch.Tensor:
+def correct_mask(
+    model: nn.Module, data: ImageSet, batch_size: int, device: torch.device, progress: bool = False
+) -> torch.Tensor:
     """Per-image clean correctness (bool, on CPU)."""
     out = torch.zeros(len(data), dtype=torch.bool)
     with _progress(len(data), "clean", progress) as bar:
@@ -396,7 +398,8 @@ def evaluate(
     device = torch.device(device)
     index = balanced_subset(data.labels, n, seed)
     subset = data.subset(index)
-    data_info = {"n": len(subset), "of": len(data), "seed": seed, "class_balanced": n is not None, "indices_sha1": _fingerprint(index, data)}
+    data_info = {"n": len(subset), "of": len(data), "seed": seed, "class_balanced": n is not None,
+                 "indices_sha1": _fingerprint(index, data)}
     previous = _reusable(resume_from, data_info)
     was_training = prepare_model(model, device)
     try:
@@ -407,11 +410,13 @@ def evaluate(
         report: dict[str, Any] = {
             "eps": eps,
             "data": data_info,
-            "clean": {"accuracy": clean.float().mean().item(), "n": len(subset), "seconds": time.perf_counter() - start, "correct_mask": _mask_str(clean)},
+            "clean": {"accuracy": clean.float().mean().item(), "n": len(subset),
+                      "seconds": time.perf_counter() - start, "correct_mask": _mask_str(clean)},
             "attacks": [],
         }
         for spec in specs:
-            report["attacks"].append(_run_one(model, spec, subset, clean, eps, n_classes, batch_size, device, seed, progress, previous))
+            entry = _run_one(model, spec, subset, clean, eps, n_classes, batch_size, device, seed, progress, previous)
+            report["attacks"].append(entry)
             report["worst_case"] = worst_case(report)
             if on_update:
                 on_update(report)
@@ -503,7 +508,8 @@ def robustness_curve(
             for i, eps in enumerate(eps_values):
                 torch.manual_seed(seed)
                 attack = build_attack(AttackSpec(spec.name, {**spec.settings, "eps": eps}, spec.label), eps, n_classes, seed)
-                robust = robust_mask(model, attack, subset, clean, batch_size, device, f"curve {spec.label} eps={fmt_eps(eps)}", progress)
+                desc = f"curve {spec.label} eps={fmt_eps(eps)}"
+                robust = robust_mask(model, attack, subset, clean, batch_size, device, desc, progress)
                 curves[spec.label].append(robust.float().mean().item())
                 worst[i] &= robust
         if len(curves) > 1:
@@ -558,25 +564,30 @@ def render_markdown(report: dict) -> str:
     model, data = report.get("model", {}), report["data"]
     lines = [f"# Robustness report: {model.get('name', 'model')}", ""]
     if model:
-        lines.append(f"- model: `{model.get('path')}` (sha256 `{str(model.get('sha256'))[:16]}`), method: {model.get('method') or 'unknown'}")
+        lines.append(f"- model: `{model.get('path')}` (sha256 `{str(model.get('sha256'))[:16]}`), "
+                     f"method: {model.get('method') or 'unknown'}")
     subset = f"class-balanced, seed {data['seed']}" if data["class_balanced"] else "all images"
-    lines.append(f"- data: {data.get('source', '?')} ({data.get('split', '?')} split), {data['n']} of {data['of']} images ({subset})")
+    lines.append(f"- data: {data.get('source', '?')} ({data.get('split', '?')} split), "
+                 f"{data['n']} of {data['of']} images ({subset})")
     lines.append(f"- threat model: L-inf, eps = {fmt_eps(report['eps'])} ({report['eps']:.5f})")
     third = sorted({r["implementation"] for r in report["attacks"] if r["attack"] in THIRD_PARTY})
     if any(r["attack"] == "autoattack" for r in report["attacks"]):
         lines.append(f"- AutoAttack: standard suite (APGD-CE, APGD-T, FAB-T, Square) run by {', '.join(third)}")
     env = report.get("environment", {})
     if env:
-        lines.append(f"- run: {env.get('date')}, device {env.get('device')}, torch {env.get('torch')}, commit {str(env.get('git_commit'))[:10]}")
+        lines.append(f"- run: {env.get('date')}, device {env.get('device')}, torch {env.get('torch')}, "
+                     f"commit {str(env.get('git_commit'))[:10]}")
     lines += ["", "| attack | implementation | settings | eps | n | accuracy | seconds |", "|---|---|---|---|---|---|---|"]
     c = report["clean"]
     lines.append(f"| clean | - | - | 0 | {c['n']} | {100 * c['accuracy']:.2f}% | {c['seconds']:.1f} |")
     for r in report["attacks"]:
         eps = fmt_eps(r["eps"]) + (" (L2)" if r["norm"] == "l2" else "")
-        lines.append(f"| {r['label']} | {r['implementation']} | {_fmt_settings(r['settings'])} | {eps} | {r['n']} | {100 * r['accuracy']:.2f}% | {r['seconds']:.1f} |")
+        lines.append(f"| {r['label']} | {r['implementation']} | {_fmt_settings(r['settings'])} | {eps} | {r['n']} "
+                     f"| {100 * r['accuracy']:.2f}% | {r['seconds']:.1f} |")
     w = report.get("worst_case")
     if w and w["attacks"]:
-        lines.append(f"| **worst case** | - | all of: {', '.join(w['attacks'])} | {fmt_eps(report['eps'])} | {w['n']} | **{100 * w['accuracy']:.2f}%** | - |")
+        lines.append(f"| **worst case** | - | all of: {', '.join(w['attacks'])} | {fmt_eps(report['eps'])} | {w['n']} "
+                     f"| **{100 * w['accuracy']:.2f}%** | - |")
     if report.get("curve"):
         lines += ["", f"Robustness curve ({report['curve']['n']} images): `robustness_curve.png`."]
     if report.get("sanity"):
@@ -591,8 +602,10 @@ def render_markdown(report: dict) -> str:
 # CLI
 # ---------------------------------------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="exported artifact (.pt TorchScript / .pt2), training checkpoint or run dir")
-    p.add_argument("--data", default="../shared/data/cifar10", help="dataset source (see training.data); default %(default)s")
+    p.add_argument("--model", required=True,
+                   help="exported artifact (.pt TorchScript / .pt2), training checkpoint or run dir")
+    p.add_argument("--data", default="../shared/data/cifar10",
+                   help="dataset source (see training.data); default %(default)s")
     p.add_argument("--split", default="test", choices=("train", "test"))
     p.add_argument("--cache-dir", default=None, help="decoded-dataset cache (default $CLEAD_CACHE or ~/.cache/clead)")
     p.add_argument("--attacks", default=DEFAULT_ATTACKS,
@@ -605,9 +618,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--out", required=True, help="output directory for report.json, report.md, robustness_curve.png")
     p.add_argument("--resume", action="store_true", help="reuse attacks already in OUT/report.json with identical settings")
-    p.add_argument("--curve-eps", default="0,2,4,8,12,16", help="eps values of the curve, in /255 units (default %(default)s)")
+    p.add_argument("--curve-eps", default="0,2,4,8,12,16",
+                   help="eps values of the curve, in /255 units (default %(default)s)")
     p.add_argument("--curve-n", type=int, default=200, help="images for the curve (default %(default)s)")
-    p.add_argument("--curve-attacks", default=None, help="attacks for the curve (default: the --attacks list minus autoattack and square)")
+    p.add_argument("--curve-attacks", default=None,
+                   help="attacks for the curve (default: the --attacks list minus autoattack and square)")
     p.add_argument("--no-curve", action="store_true", help="skip robustness_curve.png")
     p.add_argument("--sanity", action="store_true", help="also run the sanity checks of training.sanity on --curve-n images")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -639,7 +654,9 @@ def describe_model(path: str | Path, meta: dict) -> dict:
 
 def _environment(device: torch.device) -> dict:
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=10).stdout.strip() or None
+        git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=10)
+        commit = git.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -671,14 +688,16 @@ def run(args: argparse.Namespace) -> int:
     report = evaluate(model, data, specs, eps, n, args.batch_size, device, args.seed, progress, previous, on_update=save)
     report["data"].update(source=args.data, split=args.split)
     if not args.no_curve and curve_specs and curve_eps:
-        report["curve"] = robustness_curve(model, data, curve_specs, curve_eps, args.curve_n, args.batch_size, device, args.seed, progress)
+        report["curve"] = robustness_curve(model, data, curve_specs, curve_eps, args.curve_n, args.batch_size,
+                                           device, args.seed, progress)
         plot_curve(report["curve"], out / "robustness_curve.png", f"{info['name']}: accuracy vs eps")
     if args.sanity:
         from training.sanity import run_sanity_checks
 
         subset = data.subset(balanced_subset(data.labels, args.curve_n, args.seed))
         x, y = subset.images.float() / 255, subset.labels
-        report["sanity"] = [c.as_dict() for c in run_sanity_checks(model, x, y, eps, device=device, batch_size=args.batch_size, seed=args.seed)]
+        checks = run_sanity_checks(model, x, y, eps, device=device, batch_size=args.batch_size, seed=args.seed)
+        report["sanity"] = [c.as_dict() for c in checks]
     save(report)
     markdown = render_markdown({**header, **report})
     (out / "report.md").write_text(markdown)
@@ -690,7 +709,8 @@ def _check_classes(classes: Optional[list], data: ImageSet) -> None:
     if classes is None or not data.classes:
         return
     if len(classes) != len(data.classes):
-        raise ValueError(f"the model has {len(classes)} classes but the data has {len(data.classes)}: wrong --data or --model?")
+        raise ValueError(f"the model has {len(classes)} classes but the data has {len(data.classes)}: "
+                         "wrong --data or --model?")
     if list(classes) != list(data.classes):
         warnings.warn(f"model classes {classes} differ from the data's {data.classes}; labels are compared by index")
 

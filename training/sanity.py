@@ -92,7 +92,8 @@ def _judge(v: dict[str, float], tol: float, large_eps_max_accuracy: float) -> li
         Check("PGD no weaker than FGSM", v["pgd"] <= v["fgsm"] + tol, pick("pgd", "fgsm")),
         Check("more PGD steps/restarts no weaker", v["pgd_strong"] <= v["pgd"] + tol, pick("pgd_strong", "pgd")),
         Check("large eps drives accuracy to ~0", v["pgd_large_eps"] <= large_eps_max_accuracy, pick("pgd_large_eps")),
-        Check("black-box (Square) no stronger than white-box", v["square"] >= white_box - tol, {**pick("square"), "best_white_box": white_box}),
+        Check("black-box (Square) no stronger than white-box", v["square"] >= white_box - tol,
+              {**pick("square"), "best_white_box": white_box}),
     ]
     if "autoattack" in v:
         checks.append(Check("AutoAttack no weaker than PGD", v["autoattack"] <= v["pgd"] + tol, pick("autoattack", "pgd")))
