@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     triton.add_argument("--grpc-port", type=int, default=8001)
     triton.add_argument("--metrics-port", type=int, default=8002)
     triton.add_argument("--max-batch-size", type=int, default=8)
-    triton.add_argument("--max-queue-delay-us", type=int, default=50_000)
+    triton.add_argument("--max-queue-delay-us", type=int, default=2_000)  # = TritonServeConfig
     add_limit_args(triton)
     triton.set_defaults(func=cmd_triton)
 
@@ -100,7 +100,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 def add_archive_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-batch-delay-ms", type=int, default=50)
+    parser.add_argument("--max-batch-delay-ms", type=int, default=2)  # = ArchiveConfig; see the sweep there
     parser.add_argument("--workers", type=int, default=1, help="worker processes per model")
     add_limit_args(parser)
 

@@ -36,7 +36,9 @@ class TritonServeConfig:
     grpc_port: int = 8001
     metrics_port: int = 8002
     max_batch_size: int = 8  # most images Triton groups into one call
-    max_queue_delay_us: int = 50_000  # how long Triton waits to fill a batch, microseconds
+    # How long Triton waits to fill a batch, microseconds. 2 ms, as TorchServe's window: a
+    # longer one is added to every request's latency at low load (docs/benchmarks.md).
+    max_queue_delay_us: int = 2_000
     gpu_id: int | None = 0  # used only when CUDA is available
     limits: Limits = field(default_factory=Limits)
 
@@ -130,3 +132,81 @@ def _ensure_libpython_path() -> None:
     current = [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
     if libdir and libdir not in current:
         os.environ["LD_LIBRARY_PATH"] = os.pathsep.join([libdir, *current])
+
+
+class TritonProcess:
+    """``clead-serve triton`` in a child process (own session): a start/stop context manager.
+
+    For callers in the main environment (benchmarks, scripts): the CLI re-executes itself in
+    the Triton venv. ``with TritonProcess(models, config) as server: ... server.url``.
+    """
+
+    READY_LINE = "Triton is ready"
+
+    def __init__(self, models: dict[str, str | Path], config: TritonServeConfig | None = None,
+                 timeout_s: float = 300.0) -> None:
+        self.models = {name: Path(path) for name, path in models.items()}
+        self.config = config or TritonServeConfig()
+        self.timeout_s = timeout_s
+        self.lines: list[str] = []
+        self.process = None
+
+    @property
+    def url(self) -> str:
+        return f"{self.config.host}:{self.config.http_port}"
+
+    def command(self) -> list[str]:
+        import sys
+
+        c = self.config
+        cmd = [sys.executable, "-m", "serving.cli", "triton", "--host", c.host, "--http-port", str(c.http_port),
+               "--grpc-port", str(c.grpc_port), "--metrics-port", str(c.metrics_port),
+               "--max-batch-size", str(c.max_batch_size), "--max-queue-delay-us", str(c.max_queue_delay_us),
+               "--max-bytes", str(c.limits.max_bytes), "--max-pixels", str(c.limits.max_pixels)]
+        for name, path in self.models.items():
+            cmd += ["--model", f"{name}={path.resolve()}"]
+        return cmd + (["--bf16"] if c.limits.bf16 else [])
+
+    def start(self) -> "TritonProcess":
+        import subprocess
+        import time
+
+        from serving.tritonenv import REPO_ROOT
+
+        ready = threading.Event()
+        self.process = subprocess.Popen(self.command(), cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+        def read() -> None:
+            for line in self.process.stdout:
+                self.lines.append(line)
+                if self.READY_LINE in line:
+                    ready.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        deadline = time.monotonic() + self.timeout_s
+        while not ready.wait(0.5):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"Triton did not get ready (exit {self.process.returncode}):\n"
+                                   + "".join(self.lines[-40:]))
+        return self
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """SIGINT (what Ctrl-C sends: ``serve`` stops Triton and its stubs), then SIGKILL the group."""
+        import subprocess
+
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def __enter__(self) -> "TritonProcess":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
