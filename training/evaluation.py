@@ -626,6 +626,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-curve", action="store_true", help="skip robustness_curve.png")
     p.add_argument("--sanity", action="store_true", help="also run the sanity checks of training.sanity on --curve-n images")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--update-metadata", action="store_true",
+                   help="write the measured accuracies into the artifact's metadata JSON (metrics)")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -699,10 +701,45 @@ def run(args: argparse.Namespace) -> int:
         checks = run_sanity_checks(model, x, y, eps, device=device, batch_size=args.batch_size, seed=args.seed)
         report["sanity"] = [c.as_dict() for c in checks]
     save(report)
+    if args.update_metadata:
+        record_metrics(Path(args.model), report, header["environment"])
     markdown = render_markdown({**header, **report})
     (out / "report.md").write_text(markdown)
     print(markdown)
     return 0
+
+
+def record_metrics(artifact: Path, report: dict, environment: dict) -> Path:
+    """Merge a report's accuracies into ``<artifact>.json`` under ``metrics``.
+
+    Keys: ``clean_acc``/``clean_n`` (kept from the run that saw the most images, so clean
+    accuracy on the whole test split survives a later attack run on a subset), and per attack
+    ``<label>_acc`` (``pgd20_acc``, ``autoattack_acc``, ...) with its image count in
+    ``attack_n``. The model file, hence its sha256, is untouched.
+    """
+    from training.export import metadata_path, write_json_atomic
+
+    meta_file = metadata_path(artifact)
+    if not artifact.is_file() or not meta_file.is_file():
+        raise FileNotFoundError(f"--update-metadata needs an exported artifact with its JSON beside it; {meta_file} is missing")
+    meta = json.loads(meta_file.read_text())
+    metrics = dict(meta.get("metrics") or {})
+    clean = report["clean"]
+    if clean["n"] >= int(metrics.get("clean_n") or 0):
+        metrics.update(clean_acc=clean["accuracy"], clean_n=clean["n"])
+    attack_n = dict(metrics.get("attack_n") or {})
+    for entry in report["attacks"]:
+        key = re.sub(r"[^a-z0-9]+", "_", entry["label"].lower()).strip("_")
+        metrics[f"{key}_acc"] = entry["accuracy"]
+        attack_n[key] = entry["n"]
+        if entry["attack"] == "autoattack":
+            metrics["autoattack_implementation"] = entry["implementation"]
+    metrics.update(attack_n=attack_n, n=max(attack_n.values(), default=clean["n"]), eps=report["eps"],
+                   split=report["data"].get("split"), evaluated=environment.get("date"),
+                   evaluated_commit=environment.get("git_commit"))
+    meta["metrics"] = metrics
+    write_json_atomic(meta_file, meta)
+    return meta_file
 
 
 def _check_classes(classes: Optional[list], data: ImageSet) -> None:

@@ -299,3 +299,22 @@ def test_sanity_checks_catch_gradient_masking(trained_tiny):
     checks = {c.name: c for c in run_sanity_checks(_Quantised(model).eval(), x, y, 8 / 255, autoattack=False, **SANITY_FAST)}
     assert not checks["black-box (Square) no stronger than white-box"].passed, format_checks(list(checks.values()))
     assert checks["eps=0 leaves accuracy unchanged"].passed
+
+
+@pytest.mark.cifar
+def test_update_metadata_keeps_the_largest_clean_run_and_records_attacks(trained_tiny, cifar_root, tmp_path):
+    from training.export import export_artifact, sha256_file
+
+    model, _ = trained_tiny
+    artifact = export_artifact(model, tmp_path / "tiny.pt", {"classes": list(CIFAR10_CLASSES), "method": "standard"})
+    sha = sha256_file(artifact)
+    common = ["--model", str(artifact), "--data", str(cifar_root), "--no-curve", "--no-progress", "--update-metadata"]
+    assert _cli(*common, "--attacks", "fgsm", "--n", "200", "--out", str(tmp_path / "a")) == 0
+    assert _cli(*common, "--attacks", "pgd:steps=3", "--n", "50", "--out", str(tmp_path / "b")) == 0
+    meta = json.loads(artifact.with_suffix(".json").read_text())
+    metrics = meta["metrics"]
+    clean_200 = json.loads((tmp_path / "a" / "report.json").read_text())["clean"]["accuracy"]
+    assert metrics["clean_n"] == 200 and metrics["clean_acc"] == clean_200  # not replaced by the 50-image run
+    assert metrics["attack_n"] == {"fgsm": 200, "pgd_steps_3": 50}
+    assert 0 <= metrics["pgd_steps_3_acc"] <= 1 and metrics["split"] == "test"
+    assert meta["sha256"] == sha == sha256_file(artifact)  # the model file is untouched
