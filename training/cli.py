@@ -12,14 +12,14 @@ from typing import Optional, Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from training import evaluation, export_cli, train
+    from training import evaluation_cli, export_cli, train
 
     parser = argparse.ArgumentParser(prog="clead-train", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, module, help_text in (
         ("fit", train, "train a classifier with C-LEAD or a baseline method"),
         ("export", export_cli, "export a run's best checkpoint as a self-contained artifact"),
-        ("eval", evaluation, "evaluate robustness under attacks and write a report"),
+        ("eval", evaluation_cli, "evaluate robustness under attacks and write a report"),
     ):
         p = sub.add_parser(name, help=help_text, description=help_text)
         module.add_arguments(p)

@@ -16,14 +16,26 @@ from typing import Any, Optional
 from training.data import DataConfig
 
 
-def parse_eps(value: str | float) -> float:
-    """``"8/255"``, ``"0.0314"`` or a float -> float in [0, 1] pixel units."""
-    if isinstance(value, (int, float)):
+def parse_fraction(value: str | float) -> float:
+    """``"8/255"``, ``"0.0314"`` or a number -> float, range unchecked.
+
+    ``clead-train fit`` reads ``--eps`` and ``--attack-alpha`` with this, so that ``validate``
+    reports a value out of range under the option's name.
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     try:
-        return float(Fraction(value.strip()))
+        return float(Fraction(str(value).strip()))
     except (ValueError, ZeroDivisionError) as exc:
-        raise ValueError(f"cannot parse {value!r} as a number (write e.g. 8/255 or 0.031)") from exc
+        raise ValueError(f"cannot read {value!r} as a number: write a fraction like 8/255 or a float like 0.031") from exc
+
+
+def parse_eps(value: str | float) -> float:
+    """``"8/255"``, ``"0.031"`` or a number -> float, refused unless in [0, 1] pixel units."""
+    eps = parse_fraction(value)
+    if not 0 <= eps <= 1:
+        raise ValueError(f"eps {value!r} = {eps:.4g} is outside [0, 1]; eps is in pixel units (8/255, not 8)")
+    return eps
 
 
 @dataclass
@@ -167,5 +179,5 @@ def _section(cls, value: dict[str, Any], name: str):
     if unknown:
         raise ValueError(f"unknown key(s) {sorted(unknown)} in config section {name!r}; valid: {', '.join(sorted(valid))}")
     if "eps" in value:
-        value = {**value, "eps": parse_eps(value["eps"])}
+        value = {**value, "eps": parse_fraction(value["eps"])}  # validate checks the range
     return cls(**value)

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from training import CIFAR10_CLASSES
+from training.config import parse_eps
 from training.data import ImageSet
 from training.evaluation import (
-    AttackSpec, balanced_subset, build_attack, evaluate, fmt_eps, parse_attacks, parse_eps, parse_n, robust_mask,
+    AttackSpec, balanced_subset, build_attack, evaluate, fmt_eps, parse_attacks, parse_n, robust_mask,
 )
 
 # Cheap settings: the properties tested do not depend on iteration counts.
