@@ -42,7 +42,11 @@ class TorchattacksAttack:
             return x.detach().clone()
         attack = self.build(model)
         attack.set_device(x.device)  # torchattacks infers it from parameters; be explicit
-        return attack(x.detach(), y.detach()).detach()
+        untouched = [p for p in model.parameters() if p.grad is None]
+        x_adv = attack(x.detach(), y.detach()).detach()
+        for p in untouched:  # torchattacks backpropagates into the weights too; leave no trace
+            p.grad = None
+        return x_adv
 
     def settings(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
