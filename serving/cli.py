@@ -157,8 +157,9 @@ def cmd_up(args: argparse.Namespace, argv: list[str]) -> int:
     )
     server = TorchServe(models, config)
     print(f"building archives and starting TorchServe in {server.workdir} ...", flush=True)
-    # make (and a shell's background job) may hand us SIGTERM/SIGHUP instead of SIGINT.
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    # make may hand us SIGTERM/SIGHUP instead of SIGINT, and a process started as a shell's
+    # background job inherits SIGINT *ignored*: re-arm all three so Ctrl-C always stops cleanly.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)
     server.start(timeout_s=args.timeout)
     print_ready(server)

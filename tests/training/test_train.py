@@ -112,7 +112,8 @@ def test_killed_run_resumes_to_the_same_weights(cifar_root, tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     assert run_cli(*_resume_args(cifar_root, straight)) == 0
 
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # Same intra-op thread count as this process, so both runs do the same float arithmetic.
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(torch.get_num_threads())}
     proc = subprocess.Popen([sys.executable, "-m", "training", "fit", *_resume_args(cifar_root, killed)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
@@ -128,7 +129,8 @@ def test_killed_run_resumes_to_the_same_weights(cifar_root, tmp_path):
     assert run_cli(*_resume_args(cifar_root, killed), "--resume") == 0
     a = load_checkpoint(straight / "last.pt")["model"]
     b = load_checkpoint(killed / "last.pt")["model"]
-    assert [m["epoch"] for m in metrics(killed)] == [1, 2, 3, 4][: len(metrics(killed))] or True
+    # The epoch that was cut off is redone: the log may repeat it, but ends with epoch 4.
+    assert metrics(killed)[-1]["epoch"] == 4
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
     # A second start without --resume refuses to overwrite the run.
