@@ -28,7 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # the exact command, recorded with runs and reports
     try:
         return int(args.run(args) or 0)
     except (ValueError, FileNotFoundError) as exc:

@@ -157,10 +157,10 @@ def describe_model(path: str | Path, meta: dict) -> dict:
     }
 
 
-def _environment(device: torch.device) -> dict:
+def _environment(device: torch.device, command: str) -> dict:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": name, "torch": torch.__version__,
-            "torchattacks": torchattacks_version(), "git_commit": git_commit(), "command": " ".join(sys.argv)}
+            "torchattacks": torchattacks_version(), "git_commit": git_commit(), "command": command}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -180,7 +180,8 @@ def run(args: argparse.Namespace) -> int:
     data = load_split(args.data, args.split, args.cache_dir, size)
     _check_classes(info.get("classes"), data)
     previous = _previous_report(out / "report.json", info) if args.resume else None
-    header = {"model": info, "environment": _environment(device)}
+    command = " ".join(["clead-train", *getattr(args, "argv", sys.argv[1:])])
+    header = {"model": info, "environment": _environment(device, command)}
     save = lambda partial: write_json_atomic(out / "report.json", {**header, **partial})  # noqa: E731
     progress = not args.no_progress
 
@@ -231,7 +232,9 @@ def record_metrics(artifact: Path, report: dict, environment: dict) -> Path:
         attack_n[key] = entry["n"]
         if entry["attack"] == "autoattack":
             metrics["autoattack_implementation"] = entry["implementation"]
-    metrics.update(attack_n=attack_n, n=max(attack_n.values(), default=clean["n"]), eps=report["eps"],
+    # ``n``: the images AutoAttack saw when it ran (the headline robust number), else the most.
+    n = attack_n.get("autoattack", max(attack_n.values(), default=clean["n"]))
+    metrics.update(attack_n=attack_n, n=n, eps=report["eps"],
                    split=report["data"].get("split"), evaluated=environment.get("date"),
                    evaluated_commit=environment.get("git_commit"))
     meta["metrics"] = metrics

@@ -98,7 +98,7 @@ def config_from_args(args: argparse.Namespace) -> C.TrainConfig:
             raise FileNotFoundError(f"--config: no such file {path}")
         raw = yaml.safe_load(path.read_text()) or {}
     for key, value in vars(args).items():
-        if key in ("config", "command", "run"):
+        if key in ("config", "command", "run", "argv"):
             continue
         node = raw
         *parents, leaf = key.split(".")
@@ -111,7 +111,7 @@ def config_from_args(args: argparse.Namespace) -> C.TrainConfig:
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     C.validate(cfg)  # before any data is loaded
-    fit(cfg, command=" ".join(["clead-train"] + sys.argv[1:]))
+    fit(cfg, command=" ".join(["clead-train", *getattr(args, "argv", sys.argv[1:])]))
     return 0
 
 
@@ -318,6 +318,11 @@ def _fit(cfg: C.TrainConfig, dist_info: DistInfo, device: torch.device, command:
         torch.manual_seed(cfg.seed * 1000 + dist_info.rank)  # independent attack noise per rank
     info = {"command": command, "git_commit": git_commit(), "versions": versions(),
             "hardware": hardware(device, dist_info.world_size), "train_images": len(train), "val_images": len(val)}
+    if cfg.resume and (out / "run.json").is_file():
+        # Keep the command that started the run; record the resumptions beside it.
+        first = json.loads((out / "run.json").read_text())
+        info["command"] = first.get("command", command)
+        info["resumed_with"] = [*first.get("resumed_with", []), command]
     if dist_info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(C.to_dict(cfg), sort_keys=False))

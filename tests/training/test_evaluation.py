@@ -316,6 +316,6 @@ def test_update_metadata_keeps_the_largest_clean_run_and_records_attacks(trained
     metrics = meta["metrics"]
     clean_200 = json.loads((tmp_path / "a" / "report.json").read_text())["clean"]["accuracy"]
     assert metrics["clean_n"] == 200 and metrics["clean_acc"] == clean_200  # not replaced by the 50-image run
-    assert metrics["attack_n"] == {"fgsm": 200, "pgd_steps_3": 50}
+    assert metrics["attack_n"] == {"fgsm": 200, "pgd_steps_3": 50} and metrics["n"] == 200
     assert 0 <= metrics["pgd_steps_3_acc"] <= 1 and metrics["split"] == "test"
     assert meta["sha256"] == sha == sha256_file(artifact)  # the model file is untouched

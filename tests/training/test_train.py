@@ -133,6 +133,8 @@ def test_killed_run_resumes_to_the_same_weights(cifar_root, tmp_path):
     assert metrics(killed)[-1]["epoch"] == 4
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+    run_info = json.loads((killed / "run.json").read_text())
+    assert "--resume" not in run_info["command"] and "--resume" in run_info["resumed_with"][0]
     # A second start without --resume refuses to overwrite the run.
     assert run_cli(*_resume_args(cifar_root, killed)) == 2
 
