@@ -1,0 +1,201 @@
+"""The robustness study: tables, verdict, missing runs and sanity findings come from the files.
+
+Runs and reports are written in the real layouts: ``config.yaml`` from ``TrainConfig``,
+``summary.json`` / ``metrics.jsonl`` as ``training.train`` writes them, and ``report.json``
+entries as ``training.evaluation.evaluate`` returns them (one test runs ``evaluate`` and
+``robustness_curve`` for real on an untrained ``tiny_cnn``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from training import config as C
+from training.study import build_study, main
+
+EPS = 8 / 255
+HW = "1 x NVIDIA H100"
+
+
+def write_run(root: Path, name: str, method: str, wall: float, val: list[tuple[float, float]], best: int,
+              hardware: str = HW, finished: bool = True, **method_settings) -> str:
+    """A run directory: config.yaml, metrics.jsonl (one line per (val clean, val robust) epoch), summary.json."""
+    run = root / "runs" / name
+    run.mkdir(parents=True)
+    cfg = C.TrainConfig(method=C.MethodConfig(name=method, **method_settings), epochs=len(val), out=str(run))
+    (run / "config.yaml").write_text(yaml.safe_dump(C.to_dict(cfg), sort_keys=False))
+    history = [{"epoch": i + 1, "val_clean_acc": c, "val_robust_acc": r, "val_n": 500, "wall_seconds": wall * (i + 1) / len(val),
+                "best": i + 1 == best} for i, (c, r) in enumerate(val)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+    info = {"command": f"clead-train fit --method {method} --out {run}", "git_commit": "abc1234", "hardware": hardware}
+    (run / "run.json").write_text(json.dumps(info))
+    if finished:
+        summary = {**info, "epochs_run": len(val), "best_epoch": best, "wall_seconds": wall, "final": history[-1]}
+        (run / "summary.json").write_text(json.dumps(summary))
+    return f"runs/{name}"
+
+
+def _entry(attack: str, accuracy: float, n: int, **settings) -> dict:
+    return {"attack": attack, "label": attack, "implementation": "test", "accuracy": accuracy, "n": n, "eps": EPS,
+            "norm": "linf", "settings": {"eps": EPS, **settings}, "seconds": 1.0}
+
+
+def write_report(root: Path, name: str, clean: float, attacks: dict[str, float], n: int = 1000, **extra) -> str:
+    """report.json with clean accuracy and per-attack accuracies (fgsm, pgd20, cw, apgd-t, autoattack, square)."""
+    specs = {"pgd20": ("pgd", {"steps": 20, "restarts": 1})}
+    entries = []
+    for label, acc in attacks.items():
+        attack, settings = specs.get(label, (label, {}))
+        entries.append({**_entry(attack, acc, n, **settings), "label": label})
+    report = {"model": {"name": name}, "environment": {"command": f"clead-train eval --out runs/{name}", "device": "cuda",
+                                                     "git_commit": "def5678"},
+              "eps": EPS, "data": {"n": n, "of": 10000, "seed": 0, "class_balanced": True, "indices_sha1": f"sha-{n}"},
+              "clean": {"accuracy": clean, "n": n, "seconds": 1.0}, "attacks": entries, **extra}
+    out = root / "runs" / name
+    out.mkdir(parents=True)
+    (out / "report.json").write_text(json.dumps(report))
+    return f"runs/{name}"
+
+
+def main_rows(root: Path, clead_aa: float = 0.48, clead_clean: float = 0.80, clead_wall: float = 7200.0) -> dict:
+    """PGD-AT (AA 45.0, clean 80.5), TRADES (AA 46.0, clean 79.0) and C-LEAD with the given numbers."""
+    rows = []
+    for name, method, clean, aa, wall in (("PGD-AT", "pgd-at", 0.805, 0.45, 3600.0), ("TRADES", "trades", 0.79, 0.46, 4000.0),
+                                          ("C-LEAD", "clead", clead_clean, clead_aa, clead_wall)):
+        key = method.replace("-", "")
+        run = write_run(root, f"cifar10-{key}", method, wall, [(0.5, 0.3), (clean, aa)], best=2)
+        ev = write_report(root, f"eval-{key}", clean,
+                          {"fgsm": aa + 0.1, "pgd20": aa + 0.03, "cw": aa + 0.02, "apgd-t": aa + 0.005, "autoattack": aa})
+        rows.append({"name": name, "method": method, "run": run, "eval": ev, "role": "main"})
+    return {"eps": "8/255", "rows": rows}
+
+
+def table_row(markdown: str, name: str) -> list[str]:
+    line = next(line for line in markdown.splitlines() if line.startswith(f"| {name} "))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_table_numbers_come_from_the_files(tmp_path):
+    md, rows, _ = build_study(main_rows(tmp_path), tmp_path)
+    cells = table_row(md, "C-LEAD (`clead`)")
+    # clean, FGSM, PGD-20, CW, APGD-T, AutoAttack, images, wall time, epochs, hardware
+    assert cells[1:7] == ["80.00", "58.00", "51.00", "50.00", "48.50", "48.00"]
+    assert cells[7:] == ["1000 / 1000", "2.00 h", "2/2 (best 2)", HW]
+    assert table_row(md, "PGD-AT (`pgd-at`)")[1] == "80.50"
+    assert "Every row has its files." in md and all(not r.missing for r in rows)
+
+
+@pytest.mark.parametrize("aa, clean, verdict", [
+    (0.48, 0.80, "**C-LEAD beats PGD-AT and TRADES here**"),  # +3 / -0.5 vs PGD-AT, +2 / +1 vs TRADES
+    (0.46, 0.80, "**C-LEAD does not beat PGD-AT or TRADES here**"),  # AA only +1 point
+    (0.50, 0.79, "**C-LEAD does not beat PGD-AT here**"),  # clean 1.5 points below PGD-AT, not below TRADES
+])
+def test_verdict_follows_the_numbers(tmp_path, aa, clean, verdict):
+    md, _, _ = build_study(main_rows(tmp_path, clead_aa=aa, clead_clean=clean), tmp_path)
+    summary = md.split("## Summary")[1].split("##")[0]
+    assert verdict in summary
+    d_aa = 100 * (aa - 0.45)
+    assert f"AutoAttack {100 * aa:.2f}% vs 45.00% ({d_aa:+.2f} points" in summary
+    assert "training wall time 2.00x (2.00 h vs 1.00 h)" in summary  # C-LEAD 7200 s vs PGD-AT 3600 s
+    assert ("target >= +2: met" in summary) == (d_aa >= 2)
+
+
+def test_missing_runs_are_reported_not_run(tmp_path):
+    spec = main_rows(tmp_path)
+    spec["rows"] = [r for r in spec["rows"] if r["method"] != "trades"]
+    spec["rows"].append({"name": "TRADES", "method": "trades", "run": "runs/cifar10-trades-x", "eval": "runs/eval-trades-x"})
+    md, rows, _ = build_study(spec, tmp_path)
+    cells = table_row(md, "TRADES (`trades`)")
+    assert set(cells[1:]) == {"not run"}
+    not_run = md.split("## Not run")[1].split("##")[0]
+    assert "- TRADES (main): runs/cifar10-trades-x: no such run directory" in not_run
+    assert "- TRADES (main): runs/eval-trades-x/report.json: no evaluation report" in not_run
+    assert "the comparison with TRADES is open (not run)" in md
+    assert "vs TRADES: not measured" in md
+
+
+def test_unfinished_run_has_no_wall_time_and_no_verdict(tmp_path):
+    spec = main_rows(tmp_path)
+    clead = next(r for r in spec["rows"] if r["method"] == "clead")
+    clead["run"] = write_run(tmp_path, "cifar10-clead-partial", "clead", 100.0, [(0.3, 0.2)], best=1, finished=False)
+    clead["eval"] = "runs/eval-clead-none"
+    md, _, _ = build_study(spec, tmp_path)
+    cells = table_row(md, "C-LEAD (`clead`)")
+    assert cells[1] == "not run" and cells[8] == "unfinished (1.7 min so far)" and cells[9] == "1/1, unfinished"
+    assert "**No verdict yet**" in md
+    assert "runs/cifar10-clead-partial/summary.json: training unfinished (1 epochs logged)" in md
+
+
+def test_violated_ordering_is_a_failed_check(tmp_path):
+    spec = main_rows(tmp_path)
+    spec["rows"][0]["eval"] = write_report(tmp_path, "eval-bad", 0.8, {"fgsm": 0.5, "pgd20": 0.40, "autoattack": 0.45,
+                                                                        "square": 0.30})
+    md, _, _ = build_study(spec, tmp_path)
+    failed = [line for line in md.splitlines() if "**FAILED**" in line]
+    assert any("AutoAttack no weaker than PGD-20" in line and "AutoAttack 45.00%, PGD-20 40.00%" in line for line in failed)
+    assert any("black-box (Square) no stronger than white-box" in line for line in failed)
+    assert "**Failed checks**" in md and "PGD-AT: AutoAttack no weaker than PGD-20" in md
+    assert not any("C-LEAD" in line for line in failed)
+
+
+def test_report_sanity_entries_and_ablations(tmp_path):
+    spec = main_rows(tmp_path)
+    sanity = [{"name": "eps=0 leaves accuracy unchanged", "passed": False, "values": {"clean": 0.8, "pgd_eps0": 0.7}}]
+    spec["rows"][2]["eval"] = write_report(tmp_path, "eval-clead-s", 0.8, {"autoattack": 0.48}, sanity=sanity)
+    run = write_run(tmp_path, "abl-tau", "clead", 900.0, [(0.61, 0.33), (0.62, 0.31)], best=1, clead_tau=0.1,
+                    clead_loss="supcon")
+    spec["rows"].append({"name": "tau=0.1", "method": "clead", "run": run, "role": "ablation"})
+    md, _, _ = build_study(spec, tmp_path)
+    assert any("eps=0 leaves accuracy unchanged | **FAILED** | clean 80.0%, pgd_eps0 70.0%" in line for line in md.splitlines())
+    cells = table_row(md, "tau=0.1")
+    # loss, tau, lambda, proj_dim, ce_on, inner, attack steps, epochs, val clean/robust at the best epoch (1, not 2)
+    assert cells[2:10] == ["supcon", "0.1", "1.0", "128", "adv", "ce", "10", "2/2 (best 1)"]
+    assert cells[10:] == ["61.00", "33.00 (10 steps)", "500"]
+    assert "tau=0.1" not in md.split("## Accuracy per method")[1].split("##")[0]  # ablations never in the test table
+
+
+def test_real_report_curve_and_plot(tmp_path):
+    """Reports written by the real ``evaluate``/``robustness_curve`` feed the study; the PNG is drawn."""
+    from training.data import ImageSet
+    from training.evaluation import evaluate, robustness_curve
+    from training.models import create_model
+
+    torch.manual_seed(0)
+    data = ImageSet(torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8), torch.arange(12) % 10)
+    model = create_model("tiny_cnn", num_classes=10).eval()
+    report = evaluate(model, data, "fgsm,pgd20", EPS, n=12, batch_size=12, progress=False)
+    report["curve"] = robustness_curve(model, data, "fgsm,pgd:steps=2", [0.0, 4 / 255, EPS], n=12, batch_size=12,
+                                       progress=False)
+    (tmp_path / "runs" / "eval-tiny").mkdir(parents=True)
+    (tmp_path / "runs" / "eval-tiny" / "report.json").write_text(json.dumps(report))
+    run = write_run(tmp_path, "tiny", "standard", 10.0, [(0.1, 0.0)], best=1)
+    spec = {"rows": [{"name": "Tiny", "method": "standard", "run": run, "eval": "runs/eval-tiny"}]}
+    md, _, png = build_study(spec, tmp_path, tmp_path / "docs" / "curves.png")
+    assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
+    assert "![accuracy vs eps](curves.png)" in md
+    assert table_row(md, "Tiny (`standard`)")[1] == f"{100 * report['clean']['accuracy']:.2f}"
+    assert any("eps=0 leaves accuracy unchanged | passed" in line for line in md.splitlines())
+    assert any("large eps drives accuracy to ~0 | not measured" in line for line in md.splitlines())
+
+
+def test_cli_writes_the_doc_and_strict_fails_on_missing(tmp_path, capsys):
+    spec = main_rows(tmp_path)
+    spec["rows"].append({"name": "MISSING", "method": "trades", "run": "runs/nope", "eval": "runs/eval-nope"})
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(spec))
+    out = tmp_path / "docs" / "robustness.md"
+    args = ["--spec", str(tmp_path / "study.yaml"), "--out", str(out), "--root", str(tmp_path)]
+    assert main(args) == 0 and out.is_file()
+    assert "not run: MISSING: " in capsys.readouterr().err
+    assert main([*args, "--strict"]) == 1
+
+
+def test_spec_errors_name_the_problem(tmp_path):
+    with pytest.raises(ValueError, match="unknown method 'pgd'.*pgd-at"):
+        build_study({"rows": [{"name": "x", "method": "pgd"}]}, tmp_path)
+    with pytest.raises(ValueError, match="unknown role"):
+        build_study({"rows": [{"name": "x", "method": "clead", "role": "final"}]}, tmp_path)
