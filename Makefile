@@ -14,7 +14,7 @@ INFERENCE_PORT ?= 8080
 MANAGEMENT_PORT ?= 8081
 METRICS_PORT ?= 8082
 
-.PHONY: setup system-deps test test-fast serve stop demo bench models ship clean
+.PHONY: setup system-deps test test-fast serve stop demo bench models ship report clean
 
 setup: $(STAMP)
 
@@ -60,6 +60,10 @@ bench: $(STAMP) system-deps
 SHIP_ARGS ?= --model preact_resnet18 --width 0.25 --epochs 10 --batch-size 128 --val-size 1000 --val-n 500 --eps 8/255
 CLEAD_ARGS ?= --attack-steps 1
 EVAL_N ?= 1000
+# Attacks measured on EVAL_N images by `make ship`; the study (`make report`) wants
+# SHIP_ATTACKS="pgd20,cw,apgd-t,autoattack" and SHIP_SANITY=--sanity (slower on a CPU).
+SHIP_ATTACKS ?= pgd20,autoattack
+SHIP_SANITY ?=
 
 models: models/cifar10/baseline.pt models/cifar10/clead.pt
 
@@ -71,13 +75,20 @@ models/cifar10/clead.pt: | $(STAMP)
 	$(BIN)/clead-train fit --method clead $(SHIP_ARGS) $(CLEAD_ARGS) --data $(DATA) --out runs/cifar10-clead $(if $(wildcard runs/cifar10-clead/last.pt),--resume)
 	$(MAKE) ship NAME=clead RUN=runs/cifar10-clead
 
-# Export a run and measure it on the test split (NAME, RUN).
+# Export a run and measure it on the test split (NAME, RUN); --resume reuses finished attacks.
 ship: $(STAMP)
-	$(BIN)/clead-train export $(RUN) --out models/cifar10/$(NAME).pt --name $(NAME)
+	@# Re-export only a newer checkpoint: TorchScript files are not byte-reproducible, and a new
+	@# sha256 would invalidate the finished evaluations that --resume reuses.
+	test models/cifar10/$(NAME).pt -nt $(RUN)/best.pt || \
+	    $(BIN)/clead-train export $(RUN) --out models/cifar10/$(NAME).pt --name $(NAME)
 	$(BIN)/clead-train eval --model models/cifar10/$(NAME).pt --data $(DATA) --attacks fgsm --n all --no-curve \
-	    --out runs/eval-$(NAME)-clean --update-metadata --no-progress
-	$(BIN)/clead-train eval --model models/cifar10/$(NAME).pt --data $(DATA) --attacks pgd20,autoattack --n $(EVAL_N) \
-	    --out runs/eval-$(NAME) --update-metadata --no-progress
+	    --out runs/eval-$(NAME)-clean --update-metadata --no-progress --resume
+	$(BIN)/clead-train eval --model models/cifar10/$(NAME).pt --data $(DATA) --attacks $(SHIP_ATTACKS) --n $(EVAL_N) \
+	    --out runs/eval-$(NAME) --update-metadata --no-progress --resume $(SHIP_SANITY)
+
+# The robustness study from the runs and eval reports listed in docs/study.yaml (missing ones show as "not run").
+report: $(STAMP)
+	$(BIN)/python -m training.study --spec docs/study.yaml --out docs/robustness.md
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache runs/smoke
