@@ -72,6 +72,8 @@ class MethodConfig:
     clead_proj_dim: int = 128  # C-LEAD projection (embedding) dimension
     clead_ce_on: str = "adv"  # which views carry cross-entropy: adv | clean | both
     clead_inner: str = "ce"  # what the inner attack maximises: ce | contrastive | sum
+    clead_views: str = "separate"  # forward clean and adv as two batches (separate) or one (joint, as SimCLR)
+    clead_clean_grad: bool = True  # backpropagate through the clean view; False = stop-gradient target (cheaper)
 
 
 @dataclass
@@ -139,6 +141,9 @@ def validate(cfg: TrainConfig) -> None:
     check(m.clead_loss in ("ntxent", "supcon"), "--clead-loss", f"must be ntxent or supcon, got {m.clead_loss!r}")
     check(m.clead_ce_on in ("adv", "clean", "both"), "--ce-on", f"must be adv, clean or both, got {m.clead_ce_on!r}")
     check(m.clead_inner in ("ce", "contrastive", "sum"), "--inner", f"must be ce, contrastive or sum, got {m.clead_inner!r}")
+    check(m.clead_views in ("joint", "separate"), "--clead-views", f"must be joint or separate, got {m.clead_views!r}")
+    check(m.clead_clean_grad or m.clead_ce_on == "adv", "--no-clead-clean-grad",
+          f"stops gradients through the clean view, so it needs --ce-on adv (got {m.clead_ce_on!r})")
     check(o.optimizer in ("sgd", "adamw"), "--optimizer", f"must be sgd or adamw, got {o.optimizer!r}")
     check(o.schedule in ("onecycle", "cosine"), "--schedule", f"must be onecycle or cosine, got {o.schedule!r}")
     check(o.lr > 0, "--lr", f"must be > 0, got {o.lr}")

@@ -62,6 +62,7 @@ FLAGS: list[tuple[str, str, Any, str]] = [
     ("--proj-dim", "method.clead_proj_dim", int, "C-LEAD embedding dimension"),
     ("--ce-on", "method.clead_ce_on", str, "C-LEAD cross-entropy on: adv | clean | both"),
     ("--inner", "method.clead_inner", str, "C-LEAD inner objective: ce | contrastive | sum"),
+    ("--clead-views", "method.clead_views", str, "C-LEAD forward of clean and adv: separate | joint (one batch)"),
     ("--optimizer", "optim.optimizer", str, "sgd | adamw"),
     ("--lr", "optim.lr", float, "peak learning rate"),
     ("--momentum", "optim.momentum", float, "SGD momentum"),
@@ -79,6 +80,7 @@ BOOL_FLAGS = [
     ("--compile", "compile", "torch.compile the model"),
     ("--channels-last", "channels_last", "channels_last memory format (default: on for CUDA)"),
     ("--resume", "resume", "continue the run in --out from its last.pt"),
+    ("--clead-clean-grad", "method.clead_clean_grad", "C-LEAD: gradients through the clean view (off: stop-gradient)"),
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -70,3 +71,29 @@ def test_clead_inner_attack_stays_in_the_ball_and_raises_its_objective():
         before = pair_contrastive_per_sample(method.head(method.model.forward_features(x)), z_clean, 0.5).mean()
         after = pair_contrastive_per_sample(method.head(method.model.forward_features(x_adv)), z_clean, 0.5).mean()
     assert after > before
+
+
+def test_clead_view_options_train_the_classifier_and_stop_gradient_blocks_the_clean_pass():
+    torch.manual_seed(0)
+    x, y = torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    for views in ("separate", "joint"):
+        method = create_method(create_model("tiny_cnn"), cfg(clead_views=views))
+        out = method.step(x, y)
+        out["loss"].backward()
+        assert torch.isfinite(out["loss"]) and method.model.fc.weight.grad is not None
+    method = create_method(create_model("tiny_cnn"), cfg(clead_clean_grad=False))
+    extra = method.perturb(x, y)
+    calls = []
+    hook = method.model.conv1.register_forward_hook(lambda m, i, o: calls.append(o.requires_grad))
+    out = method(x, y, **extra)
+    hook.remove()
+    assert calls == [False, True]  # clean pass without autograd, adversarial pass with it
+    out["loss"].backward()
+    assert method.model.conv1.weight.grad is not None
+
+
+def test_stop_gradient_needs_ce_on_adv():
+    from training.config import validate
+
+    with pytest.raises(ValueError, match="--no-clead-clean-grad"):
+        validate(cfg(clead_clean_grad=False, clead_ce_on="both"))

@@ -11,8 +11,9 @@ a fixed, precomputed set:
 
 The paper leaves the details open; each is an option (see ``MethodConfig``):
 ``clead_loss`` ntxent | supcon, ``clead_tau``, ``clead_weight`` (lambda),
-``clead_proj_dim``, ``clead_ce_on`` adv | clean | both, and ``clead_inner`` ce |
-contrastive | sum. The head is training-only: the exported model is the classifier.
+``clead_proj_dim``, ``clead_ce_on`` adv | clean | both, ``clead_inner`` ce |
+contrastive | sum, ``clead_views`` separate | joint (two forwards, or one over both views)
+and ``clead_clean_grad`` (gradients through the clean view, or a stop-gradient target). The head is training-only: the exported model is the classifier.
 """
 
 from __future__ import annotations
@@ -70,8 +71,20 @@ class CLEAD(Method):
 
     # -- outer minimisation ---------------------------------------------------------------
     def forward(self, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor = None, **extra) -> dict[str, Any]:
-        f_clean = self.model.forward_features(x)
-        f_adv = self.model.forward_features(x_adv)
+        if not self.cfg.clead_clean_grad:
+            # Stop-gradient on the clean view (as BYOL/SimSiam treat their target view): the
+            # adversarial view is pulled to a fixed clean embedding and the clean pass needs no
+            # backward, which brings the step close to PGD-AT's cost. CE on the clean view is
+            # then not trainable, so it needs --ce-on adv.
+            with torch.no_grad():
+                f_clean = self.model.forward_features(x)
+            f_adv = self.model.forward_features(x_adv)
+        elif self.cfg.clead_views == "joint":
+            # One pass over the 2N views, as contrastive learners batch their views (SimCLR):
+            # BatchNorm sees clean and adversarial images together.
+            f_clean, f_adv = self.model.forward_features(torch.cat([x, x_adv])).chunk(2)
+        else:
+            f_clean, f_adv = self.model.forward_features(x), self.model.forward_features(x_adv)
         logits_clean = self.model.forward_head(f_clean)
         logits_adv = self.model.forward_head(f_adv)
         z_clean, z_adv = self.head(f_clean), self.head(f_adv)
@@ -95,4 +108,5 @@ class CLEAD(Method):
     def settings(self) -> dict[str, Any]:
         c = self.cfg
         return {"loss": c.clead_loss, "tau": c.clead_tau, "weight": c.clead_weight,
-                "proj_dim": c.clead_proj_dim, "ce_on": c.clead_ce_on, "inner": c.clead_inner}
+                "proj_dim": c.clead_proj_dim, "ce_on": c.clead_ce_on, "inner": c.clead_inner, "views": c.clead_views,
+                "clean_grad": c.clead_clean_grad}
