@@ -31,11 +31,26 @@ def _offline() -> None:
         os.environ.setdefault(key, value)
 
 
+# The test-split accuracies `clead-train eval --update-metadata` records, in display order.
+HEADLINE = (("clean_acc", "clean", "clean_n"), ("pgd20_acc", "PGD-20", None), ("autoattack_acc", "AutoAttack", None))
+
+
+def _headline_metrics(metrics: dict) -> str:
+    """'clean 57.3% (n=8000), PGD-20 31.0%, AutoAttack 28.1% (n=1000)', from what was measured."""
+    parts = []
+    for key, label, n_key in HEADLINE:
+        if isinstance(metrics.get(key), (int, float)):
+            n = metrics.get(n_key) if n_key else (metrics.get("attack_n") or {}).get(key[: -len("_acc")])
+            parts.append(f"{label} {metrics[key]:.1%}" + (f" (n={n})" if n else ""))
+    if parts and isinstance(metrics.get("eps"), (int, float)):
+        parts.append(f"at eps {round(metrics['eps'] * 255)}/255 on the test split")
+    return ", ".join(parts)
+
+
 def model_card(models: dict[str, lab.LabModel], server: Optional[str]) -> str:
     lines = []
     for m in models.values():
-        metrics = m.meta.get("metrics") or {}
-        shown = ", ".join(f"{k} {v:.1%}" if isinstance(v, float) and v <= 1 else f"{k} {v}" for k, v in metrics.items())
+        shown = _headline_metrics(m.meta.get("metrics") or {})
         method = m.meta.get("method", "?")
         lines.append(f"- **{m.title}**: method `{method}`, `{m.path}`" + (f"; {shown}" if shown else ""))
     if server:

@@ -167,3 +167,13 @@ def test_app_builds_with_the_gallery_hidden_when_no_data(models):
     gallery = next(c for c in config["components"] if c["props"].get("elem_id") == "gallery")
     assert gallery["props"]["visible"] is False
     assert any("Gallery unavailable" in str(c["props"].get("value")) for c in config["components"])
+
+
+def test_model_card_shows_the_measured_headline_numbers_only():
+    from demo.app import _headline_metrics
+
+    metrics = {"clean_acc": 0.5726, "clean_n": 8000, "pgd20_acc": 0.31, "autoattack_acc": 0.281,
+               "attack_n": {"pgd20": 1000, "autoattack": 1000}, "eps": 8 / 255, "wall_seconds": 1401.3}
+    assert _headline_metrics(metrics) == (
+        "clean 57.3% (n=8000), PGD-20 31.0% (n=1000), AutoAttack 28.1% (n=1000), at eps 8/255 on the test split")
+    assert _headline_metrics({"val_clean_acc": 0.5}) == ""  # nothing measured on the test split yet
