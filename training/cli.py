@@ -1,4 +1,4 @@
-"""``clead-train``: train (``fit``), export and evaluate robust classifiers, and ``report`` the study.
+"""``clead-train``: train (``fit``), export and evaluate robust classifiers, make fixed ``views``, ``report`` the study.
 
 The CLI only parses arguments and builds config dataclasses; each subcommand's arguments
 and entry point live beside the code they drive.
@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from training import evaluation_cli, export_cli, study, train
+    from training import campaign, evaluation_cli, export_cli, study, train, views
 
     parser = argparse.ArgumentParser(prog="clead-train", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -20,6 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("fit", train, "train a classifier with C-LEAD or a baseline method"),
         ("export", export_cli, "export a run's best checkpoint as a self-contained artifact"),
         ("eval", evaluation_cli, "evaluate robustness under attacks and write a report"),
+        ("views", views, "precompute adversarial views of the train split (for --method clead-fixed)"),
+        ("study", campaign, "train, select, export and evaluate every row of the study spec (docs/study.yaml)"),
         ("report", study, "write the robustness study (docs/robustness.md) from finished runs and reports"),
     ):
         p = sub.add_parser(name, help=help_text, description=help_text)

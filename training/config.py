@@ -9,6 +9,7 @@ checkpoint.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Optional
@@ -108,8 +109,8 @@ class TrainConfig:
     resume: bool = False  # continue from out/last.pt
 
 
-METHODS = ("standard", "pgd-at", "trades", "clead")
-ADVERSARIAL = ("pgd-at", "trades", "clead")
+METHODS = ("standard", "pgd-at", "trades", "clead", "clead-fixed")
+ADVERSARIAL = ("pgd-at", "trades", "clead")  # methods with an online inner attack
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -133,6 +134,13 @@ def validate(cfg: TrainConfig) -> None:
     if m.name in ADVERSARIAL:
         check(a.steps >= 1, "--attack-steps", f"must be >= 1 for the adversarial method {m.name!r}, got {a.steps}")
         check(a.eps > 0, "--eps", f"must be > 0 for the adversarial method {m.name!r}")
+    if m.name == "clead-fixed":
+        check(bool(cfg.data.views), "--fixed-views",
+              "the method clead-fixed trains on precomputed adversarial views: pass --fixed-views FILE "
+              "(made by `clead-train views`)")
+        check(Path(cfg.data.views).is_file(), "--fixed-views", f"no such file {cfg.data.views}")
+    else:
+        check(not cfg.data.views, "--fixed-views", f"only the method clead-fixed reads fixed views, not {m.name!r}")
     check(a.alpha is None or a.alpha > 0, "--attack-alpha", f"must be > 0, got {a.alpha}")
     check(m.trades_beta >= 0, "--beta", f"must be >= 0, got {m.trades_beta}")
     check(m.clead_tau > 0, "--tau", f"must be > 0, got {m.clead_tau}")

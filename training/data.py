@@ -62,6 +62,7 @@ class DataConfig:
     eval_batch_size: int = 256  # batch size for validation and evaluation
     augment: bool = True  # random crop (4 px zero padding) + horizontal flip
     crop_padding: int = 4  # pixels of zero padding before the random crop
+    views: Optional[str] = None  # fixed adversarial views of the train split (clead-train views), for clead-fixed
 
 
 @dataclass
@@ -215,14 +216,38 @@ def train_val_split(data: ImageSet, val_size: int, seed: int = 0) -> tuple[Image
 
 
 def load_train_val(cfg: DataConfig) -> tuple[ImageSet, ImageSet]:
-    """Train split minus the validation hold-out, then ``limit``; and the hold-out."""
+    """Train split minus the validation hold-out, then ``limit``; and the hold-out.
+
+    With ``cfg.views`` each training image carries its fixed adversarial view as three more
+    channels (N, 6, H, W), so shuffling, ``limit`` and crop/flip treat the pair as one image;
+    the validation hold-out keeps the clean channels only.
+    """
     full = load_split(cfg.data, "train", cfg.cache_dir, cfg.image_size)
+    if cfg.views:
+        full = with_views(full, cfg.views)
     train, val = train_val_split(full, cfg.val_size, cfg.split_seed) if cfg.val_size else (full, full.head(0))
+    val = ImageSet(val.images[:, :3], val.labels, list(val.classes))
     if cfg.limit is not None:
         # A seeded shuffle first, so the first N images cover every class.
         perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.split_seed + 1))
         train = train.subset(perm[: cfg.limit].sort().values)
     return train, val
+
+
+def with_views(data: ImageSet, path: str | os.PathLike) -> ImageSet:
+    """``data`` with the views file's images appended as channels 3..5 (see ``training.views``)."""
+    file = Path(path)
+    if not file.is_file():
+        raise DatasetError(f"--fixed-views: no such file {file} (make one with `clead-train views`)")
+    blob = torch.load(file, weights_only=True, mmap=True)
+    views, labels = blob.get("images"), blob.get("labels")
+    if views is None or labels is None:
+        raise DatasetError(f"{file} is not a views file (no 'images'/'labels'); make one with `clead-train views`")
+    if tuple(views.shape) != tuple(data.images.shape) or not torch.equal(labels, data.labels):
+        raise DatasetError(
+            f"{file} holds views of another dataset: {tuple(views.shape)} images vs the train split's "
+            f"{tuple(data.images.shape)}, or other labels; regenerate it with `clead-train views` on this --data")
+    return ImageSet(torch.cat([data.images, views], dim=1), data.labels, list(data.classes))
 
 
 # ---------------------------------------------------------------------------------------

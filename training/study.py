@@ -34,6 +34,7 @@ from training.config import METHODS, parse_eps
 
 ROLES = ("main", "ablation", "fixed-views")
 ROW_KEYS = {"name", "method", "run", "eval", "role"}
+MAKE_KEYS = {"fit", "ship", "artifact", "select", "views"}  # how `clead-train study` makes a row (training.campaign)
 # The study's targets for C-LEAD against each adversarial baseline (points of accuracy).
 AA_MARGIN = 2.0  # AutoAttack accuracy at least this many points above the baseline's
 CLEAN_SLACK = 1.0  # clean accuracy at most this many points below the baseline's
@@ -101,9 +102,9 @@ def load_spec(path: str | Path) -> dict:
 def _parse_row(raw: dict, root: Path) -> Row:
     if not isinstance(raw, dict) or "name" not in raw or "method" not in raw:
         raise ValueError(f"spec row {raw!r} needs at least 'name' and 'method'")
-    unknown = set(raw) - ROW_KEYS
+    unknown = set(raw) - ROW_KEYS - MAKE_KEYS
     if unknown:
-        raise ValueError(f"spec row {raw['name']!r}: unknown key(s) {sorted(unknown)}; valid: {', '.join(sorted(ROW_KEYS))}")
+        raise ValueError(f"spec row {raw['name']!r}: unknown key(s) {sorted(unknown)}; valid: {', '.join(sorted(ROW_KEYS | MAKE_KEYS))}")
     if raw["method"] not in METHODS:
         raise ValueError(f"spec row {raw['name']!r}: unknown method {raw['method']!r}; valid: {', '.join(METHODS)}")
     role = raw.get("role", "main")

@@ -37,7 +37,7 @@ from training.runinfo import git_commit, hardware, versions
 # CLI: flag -> (config path, type). Flags override the YAML file given by --config.
 # ---------------------------------------------------------------------------------------
 FLAGS: list[tuple[str, str, Any, str]] = [
-    ("--method", "method.name", str, "standard | pgd-at | trades | clead"),
+    ("--method", "method.name", str, "standard | pgd-at | trades | clead | clead-fixed"),
     ("--model", "model.name", str, "registered model, e.g. preact_resnet18"),
     ("--width", "model.width", float, "channel multiplier (preact_resnet18: 1.0 full, 0.5 half)"),
     ("--data", "data.data", str, "'cifar10' (download) or a path (see training.data)"),
@@ -63,6 +63,7 @@ FLAGS: list[tuple[str, str, Any, str]] = [
     ("--ce-on", "method.clead_ce_on", str, "C-LEAD cross-entropy on: adv | clean | both"),
     ("--inner", "method.clead_inner", str, "C-LEAD inner objective: ce | contrastive | sum"),
     ("--clead-views", "method.clead_views", str, "C-LEAD forward of clean and adv: separate | joint (one batch)"),
+    ("--fixed-views", "data.views", str, "clead-fixed: file of precomputed adversarial views (clead-train views)"),
     ("--optimizer", "optim.optimizer", str, "sgd | adamw"),
     ("--lr", "optim.lr", float, "peak learning rate"),
     ("--momentum", "optim.momentum", float, "SGD momentum"),

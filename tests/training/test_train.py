@@ -36,7 +36,7 @@ def metrics(run: Path) -> list[dict]:
 
 
 @pytest.mark.cifar
-@pytest.mark.parametrize("method", method_names())
+@pytest.mark.parametrize("method", [m for m in method_names() if m != "clead-fixed"])  # fixed views: below
 def test_each_method_trains_and_beats_chance(method, cifar_root, tmp_path):
     out = tmp_path / method
     assert run_cli("--method", method, "--data", str(cifar_root), "--out", str(out), *SMOKE) == 0
@@ -188,3 +188,88 @@ def test_export_matches_checkpoint_in_a_fresh_process(cifar_root, tmp_path):
 
 def test_validate_accepts_defaults():
     validate(TrainConfig())
+
+
+# ---------------------------------------------------------------------------------------
+# clead-fixed: views made once by `clead-train views`, then C-LEAD's objective on them
+# ---------------------------------------------------------------------------------------
+def _folder_dataset(root: Path, per_class: int = 40, classes: int = 4, seed: int = 0) -> Path:
+    """A small ImageFolder split (train/<class>/*.png) of class-coloured noise."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(seed)
+    for c in range(classes):
+        folder = root / "train" / f"c{c}"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            img = (torch.rand(32, 32, 3, generator=g) * 128 + 32 * c).clamp(0, 255).to(torch.uint8)
+            Image.fromarray(img.numpy()).save(folder / f"{i:03d}.png")
+    return root
+
+
+TINY_FIT = ["--model", "tiny_cnn", "--epochs", "1", "--batch-size", "16", "--optimizer", "adamw", "--lr", "0.003",
+            "--val-size", "32", "--val-n", "32", "--val-attack-steps", "2"]
+
+
+def test_fixed_views_are_made_once_and_train_clead_fixed(tmp_path, monkeypatch):
+    from training.data import load_split
+
+    monkeypatch.setenv("CLEAD_CACHE", str(tmp_path / "cache"))
+    data = _folder_dataset(tmp_path / "data")
+    source = tmp_path / "standard"
+    assert run_cli("--method", "standard", "--data", str(data), "--out", str(source), *TINY_FIT) == 0
+    views_file = tmp_path / "views.pt"
+    assert cli.main(["views", "--model", str(source), "--data", str(data), "--out", str(views_file),
+                     "--steps", "3", "--eps", "8/255", "--no-progress"]) == 0
+
+    blob = torch.load(views_file, weights_only=True)
+    clean = load_split(str(data), "train").images
+    views = blob["images"]
+    assert views.dtype == torch.uint8 and views.shape == clean.shape
+    diff = (views.int() - clean.int()).abs()
+    assert int(diff.max()) == 8  # inside the L-inf ball of 8/255, and the attack uses all of it
+    assert float((diff > 0).float().mean()) > 0.5
+    assert blob["views_acc"] <= blob["clean_acc"] and blob["steps"] == 3
+
+    out = tmp_path / "fixed"
+    assert run_cli("--method", "clead-fixed", "--fixed-views", str(views_file), "--data", str(data), "--out", str(out),
+                   *TINY_FIT) == 0
+    (m,) = metrics(out)
+    assert {"train_contrastive", "train_ce_adv", "val_robust_acc"} <= set(m) and m["val_n"] == 32
+    state = load_checkpoint(out / "best.pt")
+    assert state["config"]["data"]["views"] == str(views_file)
+    assert "inner" not in state["method_settings"]  # no inner maximisation to describe
+
+
+def test_fixed_views_of_another_dataset_are_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CLEAD_CACHE", str(tmp_path / "cache"))
+    data = _folder_dataset(tmp_path / "data", per_class=10)
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"images": torch.zeros(7, 3, 32, 32, dtype=torch.uint8), "labels": torch.zeros(7, dtype=torch.int64)}, wrong)
+    assert run_cli("--method", "clead-fixed", "--fixed-views", str(wrong), "--data", str(data),
+                   "--out", str(tmp_path / "r"), *TINY_FIT) == 2
+    assert "views of another dataset" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags", [["--method", "clead-fixed"], ["--method", "clead", "--fixed-views", "x.pt"],
+                                   ["--method", "clead-fixed", "--fixed-views", "missing.pt"]])
+def test_fixed_views_options_are_checked_before_data_is_loaded(flags, tmp_path, capsys):
+    assert run_cli(*flags, "--data", str(tmp_path / "absent"), "--out", str(tmp_path / "r")) == 2
+    assert "invalid option --fixed-views" in capsys.readouterr().err
+
+
+def test_clead_fixed_takes_the_view_channels_and_crops_pairs_alike():
+    from training.data import random_crop_flip
+    from training.methods import create_method
+    from training.models import create_model
+
+    cfg = from_dict({"method": {"name": "clead-fixed"}, "model": {"name": "tiny_cnn"}})
+    method = create_method(create_model("tiny_cnn", num_classes=10), cfg)
+    assert method.attack is None  # nothing is attacked online
+    x = torch.rand(4, 6, 32, 32)
+    assert torch.equal(method.perturb(x, torch.zeros(4, dtype=torch.long))["x_adv"], x[:, 3:])
+    with pytest.raises(ValueError, match="6 channels"):
+        method.perturb(x[:, :3], torch.zeros(4, dtype=torch.long))
+    image = torch.rand(8, 3, 32, 32)
+    pair = random_crop_flip(torch.cat([image, image], 1), 4, torch.Generator().manual_seed(1))
+    assert torch.equal(pair[:, :3], pair[:, 3:]) and not torch.equal(pair[:, :3], image)

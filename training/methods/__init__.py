@@ -5,6 +5,7 @@ standard   cross-entropy on clean images (undefended baseline)
 pgd-at     Madry et al. 2018; ``attack.steps = 1`` gives FGSM-RS (Wong et al. 2020)
 trades     Zhang et al. 2019: CE(clean) + beta * KL(clean || adv)
 clead      C-LEAD (arXiv 2510.27249): CE + lambda * contrastive(clean, adv), online min-max
+clead-fixed  C-LEAD's objective on fixed views precomputed from another model (a control)
 =========  ===========================================================================
 """
 
@@ -16,11 +17,11 @@ from training.attacks import create_attack
 from training.config import TrainConfig
 from training.methods.base import Method
 from training.methods.baselines import PGDAT, TRADES, Standard
-from training.methods.clead import CLEAD, ProjectionHead
+from training.methods.clead import CLEAD, CLEADFixed, ProjectionHead
 from training.registry import Registry
 
 METHODS: Registry[type[Method]] = Registry("method")
-for _cls in (Standard, PGDAT, TRADES, CLEAD):
+for _cls in (Standard, PGDAT, TRADES, CLEAD, CLEADFixed):
     METHODS.register(_cls.name)(_cls)
 
 
@@ -31,7 +32,7 @@ def method_names() -> list[str]:
 def create_method(model: nn.Module, cfg: TrainConfig) -> Method:
     cls = METHODS.get(cfg.method.name)
     attack = None
-    if cls.adversarial:
+    if cls.online_attack:
         a = cfg.attack
         name = "fgsm" if a.steps == 1 else "pgd"
         kwargs = dict(eps=a.eps, alpha=a.step_size(), norm=a.norm, random_start=True)
@@ -41,4 +42,4 @@ def create_method(model: nn.Module, cfg: TrainConfig) -> Method:
     return cls(model, cfg.method, attack, cfg.attack, label_smoothing=cfg.optim.label_smoothing)
 
 
-__all__ = ["Method", "METHODS", "create_method", "method_names", "ProjectionHead", "CLEAD", "PGDAT", "TRADES", "Standard"]
+__all__ = ["Method", "METHODS", "create_method", "method_names", "ProjectionHead", "CLEAD", "CLEADFixed", "PGDAT", "TRADES", "Standard"]

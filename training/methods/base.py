@@ -25,7 +25,8 @@ from training.config import AttackConfig, MethodConfig
 
 class Method(nn.Module):
     name = "method"
-    adversarial = False
+    adversarial = False  # selected on robust validation accuracy
+    online_attack = False  # runs an inner attack every step (gets ``self.attack``)
 
     def __init__(self, model: nn.Module, cfg: MethodConfig, attack: Optional[Attack], attack_cfg: AttackConfig,
                  label_smoothing: float = 0.0) -> None:

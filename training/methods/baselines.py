@@ -31,6 +31,7 @@ class PGDAT(Method):
 
     name = "pgd-at"
     adversarial = True
+    online_attack = True
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"x_adv": self.run_attack(x, y)}
@@ -48,6 +49,7 @@ class TRADES(Method):
 
     name = "trades"
     adversarial = True
+    online_attack = True
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.no_grad():

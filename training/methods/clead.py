@@ -45,6 +45,7 @@ class ProjectionHead(nn.Module):
 class CLEAD(Method):
     name = "clead"
     adversarial = True
+    online_attack = True
 
     def __init__(self, model: nn.Module, cfg: MethodConfig, attack: Optional[Attack], attack_cfg: AttackConfig,
                  label_smoothing: float = 0.0) -> None:
@@ -110,3 +111,29 @@ class CLEAD(Method):
         return {"loss": c.clead_loss, "tau": c.clead_tau, "weight": c.clead_weight,
                 "proj_dim": c.clead_proj_dim, "ce_on": c.clead_ce_on, "inner": c.clead_inner, "views": c.clead_views,
                 "clean_grad": c.clead_clean_grad}
+
+
+class CLEADFixed(CLEAD):
+    """C-LEAD on fixed views: the adversarial twin of each training image was generated once,
+    offline, by attacking another (e.g. the trained standard) model (``clead-train views``),
+    as the authors' released code appears to do, instead of by an inner maximisation against
+    the model being trained. The objective is C-LEAD's; only where ``x_adv`` comes from
+    differs. The loader hands each image with its view as six channels (clean, view), cropped
+    and flipped together (``training.data.with_views``). A control for what the online
+    min-max adds: a model trained this way has never seen its own worst cases.
+    """
+
+    name = "clead-fixed"
+    online_attack = False
+
+    def perturb(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        if x.shape[1] != 6:
+            raise ValueError(f"clead-fixed expects (clean, view) pairs as 6 channels, got {x.shape[1]}; "
+                             "train it with --fixed-views FILE")
+        return {"x_adv": x[:, 3:]}
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor = None, **extra) -> dict[str, Any]:
+        return super().forward(x[:, :3], y, x_adv=x_adv, **extra)
+
+    def settings(self) -> dict[str, Any]:
+        return {k: v for k, v in super().settings().items() if k != "inner"}

@@ -1,0 +1,84 @@
+"""`clead-train study`: the spec's rows become fit/select/export/views/eval jobs that run to the end.
+
+About 2 minutes on two CPU cores (each job is a fresh interpreter importing torch): marked slow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from training import cli
+from training.campaign import Plan, best_of, build_plan
+
+
+def _folder_split(root: Path, split: str, per_class: int, seed: int) -> None:
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(seed)
+    for c in range(3):
+        folder = root / split / f"c{c}"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            img = (torch.rand(32, 32, 3, generator=g) * 100 + 70 * c).clamp(0, 255).to(torch.uint8)
+            Image.fromarray(img.numpy()).save(folder / f"{i:03d}.png")
+
+
+SPEC = {
+    "eps": "8/255",
+    "fit_common": "--model tiny_cnn --epochs 1 --batch-size 16 --optimizer adamw --lr 0.003 --val-size 24 "
+                  "--val-n 24 --eps 8/255 --attack-steps 1",
+    "evaluation": {"attacks": "fgsm,pgd20", "n": 30, "clean_n": "all", "sanity": False},
+    "views_args": "--steps 2",
+    "rows": [
+        {"name": "Standard", "method": "standard", "fit": "", "run": "runs/std", "ship": "baseline",
+         "eval": ["runs/eval-baseline-clean", "runs/eval-baseline"], "role": "main"},
+        {"name": "C-LEAD", "method": "clead", "select": "ablation", "run": "runs/clead", "ship": "clead",
+         "eval": ["runs/eval-clead"], "role": "main"},
+        {"name": "fixed", "method": "clead-fixed", "fit": "", "views": "Standard", "run": "runs/fixed",
+         "artifact": "runs/fixed/model.pt", "eval": ["runs/eval-fixed"], "role": "fixed-views"},
+        {"name": "a", "method": "clead", "fit": "--clead-weight 1", "run": "runs/abl-a", "role": "ablation"},
+        {"name": "b", "method": "clead", "fit": "--clead-weight 0.25", "run": "runs/abl-b", "role": "ablation"},
+    ],
+}
+
+
+@pytest.mark.slow
+def test_study_runs_every_job_and_reruns_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLEAD_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    _folder_split(data, "train", 40, 0)
+    _folder_split(data, "test", 20, 1)
+    spec = tmp_path / "study.yaml"
+    spec.write_text(yaml.safe_dump(SPEC))
+    root = tmp_path / "out"
+    args = ["study", "--spec", str(spec), "--data", str(data), "--prefix", str(root), "--jobs", "2"]
+    assert cli.main(args) == 0
+
+    chosen = json.loads((root / "runs" / "clead.selected.json").read_text())["selected"]
+    assert (root / "runs" / "clead").resolve() == Path(chosen).resolve()
+    assert Path(chosen).resolve() == best_of([root / "runs" / "abl-a", root / "runs" / "abl-b"]).resolve()
+    meta = json.loads((root / "models" / "cifar10" / "clead.json").read_text())
+    assert set(meta["metrics"]) >= {"clean_acc", "pgd20_acc"}
+    assert meta["metrics"]["clean_n"] == 60 and meta["metrics"]["attack_n"]["pgd20"] == 30
+    assert json.loads((root / "runs" / "eval-fixed" / "report.json").read_text())["attacks"]
+    views = torch.load(root / "runs" / "views-std.pt", weights_only=True)
+    assert views["steps"] == 2 and views["images"].shape == (120, 3, 32, 32)
+    fixed_cfg = yaml.safe_load((root / "runs" / "fixed" / "config.yaml").read_text())
+    assert fixed_cfg["data"]["views"] == str(root / "runs" / "views-std.pt")
+
+    # A second call finds everything done: fits, exports and views are skipped.
+    assert cli.main(args) == 0
+    status = json.loads((root / "runs" / "study-logs" / "study-status.json").read_text())["status"]
+    assert {v for k, v in status.items() if k.split(":")[0] in ("fit", "export", "views")} == {"skipped"}
+
+
+def test_only_pulls_in_the_rows_a_row_needs(tmp_path):
+    plan = build_plan(Plan(SPEC, tmp_path, "data", ["python"]), {"fixed"})
+    assert {"fit:Standard", "export:Standard", "views:fixed", "fit:fixed"} <= set(plan.jobs)
+    assert not any(name.endswith(":a") for name in plan.jobs)
+    plan = build_plan(Plan(SPEC, tmp_path, "data", ["python"]), {"C-LEAD"})
+    assert {"fit:a", "fit:b", "select:C-LEAD", "export:C-LEAD"} <= set(plan.jobs)
