@@ -14,7 +14,7 @@ INFERENCE_PORT ?= 8080
 MANAGEMENT_PORT ?= 8081
 METRICS_PORT ?= 8082
 
-.PHONY: setup system-deps test test-fast serve stop demo bench models ship report clean
+.PHONY: setup system-deps test test-fast serve stop demo bench study models report clean
 
 setup: $(STAMP)
 
@@ -54,37 +54,15 @@ demo: $(STAMP)
 bench: $(STAMP) system-deps
 	$(BIN)/python -m benchmarks.run
 
-# The shipped models: same architecture, epochs, schedule and eps for both; each run resumes
-# if its directory already holds one. Metrics: clean accuracy on the whole test split, PGD-20
-# and AutoAttack (torchattacks) on 1,000 class-balanced test images, written into the JSON.
-SHIP_ARGS ?= --model preact_resnet18 --width 0.25 --epochs 10 --batch-size 128 --val-size 1000 --val-n 500 --eps 8/255
-CLEAD_ARGS ?= --attack-steps 1
-EVAL_N ?= 1000
-# Attacks measured on EVAL_N images by `make ship`; the study (`make report`) wants
-# SHIP_ATTACKS="pgd20,cw,apgd-t,autoattack" and SHIP_SANITY=--sanity (slower on a CPU).
-SHIP_ATTACKS ?= pgd20,autoattack
-SHIP_SANITY ?=
-
-models: models/cifar10/baseline.pt models/cifar10/clead.pt
-
-models/cifar10/baseline.pt: | $(STAMP)
-	$(BIN)/clead-train fit --method standard $(SHIP_ARGS) --data $(DATA) --out runs/cifar10-baseline $(if $(wildcard runs/cifar10-baseline/last.pt),--resume)
-	$(MAKE) ship NAME=baseline RUN=runs/cifar10-baseline
-
-models/cifar10/clead.pt: | $(STAMP)
-	$(BIN)/clead-train fit --method clead $(SHIP_ARGS) $(CLEAD_ARGS) --data $(DATA) --out runs/cifar10-clead $(if $(wildcard runs/cifar10-clead/last.pt),--resume)
-	$(MAKE) ship NAME=clead RUN=runs/cifar10-clead
-
-# Export a run and measure it on the test split (NAME, RUN); --resume reuses finished attacks.
-ship: $(STAMP)
-	@# Re-export only a newer checkpoint: TorchScript files are not byte-reproducible, and a new
-	@# sha256 would invalidate the finished evaluations that --resume reuses.
-	test models/cifar10/$(NAME).pt -nt $(RUN)/best.pt || \
-	    $(BIN)/clead-train export $(RUN) --out models/cifar10/$(NAME).pt --name $(NAME)
-	$(BIN)/clead-train eval --model models/cifar10/$(NAME).pt --data $(DATA) --attacks fgsm --n all --no-curve \
-	    --out runs/eval-$(NAME)-clean --update-metadata --no-progress --resume
-	$(BIN)/clead-train eval --model models/cifar10/$(NAME).pt --data $(DATA) --attacks $(SHIP_ATTACKS) --n $(EVAL_N) \
-	    --out runs/eval-$(NAME) --update-metadata --no-progress --resume $(SHIP_SANITY)
+# The study of docs/study.yaml: trains every run (standard, PGD-AT, TRADES, the C-LEAD ablation,
+# C-LEAD on fixed views), picks the C-LEAD variant with the best robust validation accuracy,
+# exports the shipped models to models/cifar10/ and evaluates them on the test split (metrics
+# into their JSON). Every step resumes. STUDY_JOBS jobs run at once: on one GPU, 16 (all of
+# them); on a CPU, 1 (days of work here: see README). STUDY_ARGS adds e.g. --only C-LEAD,Standard.
+STUDY_JOBS ?= 1
+STUDY_ARGS ?=
+study models: $(STAMP)
+	$(BIN)/clead-train study --spec docs/study.yaml --data $(DATA) --jobs $(STUDY_JOBS) $(STUDY_ARGS)
 
 # The robustness study from the runs and eval reports listed in docs/study.yaml (missing ones show as "not run").
 report: $(STAMP)

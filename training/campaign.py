@@ -89,7 +89,9 @@ def artifact_of(row: dict, plan: Plan) -> Optional[Path]:
 
 
 def _newer(a: Path, b: Path) -> bool:
-    return a.is_file() and b.is_file() and a.stat().st_mtime >= b.stat().st_mtime
+    """``a`` exists and is not older than ``b`` (or ``b`` is gone: e.g. a run whose checkpoints
+    stayed on the machine that trained it, with its artifact and reports copied here)."""
+    return a.is_file() and (not b.is_file() or a.stat().st_mtime >= b.stat().st_mtime)
 
 
 def best_of(runs: list[Path]) -> Path:
@@ -190,7 +192,10 @@ def build_plan(plan: Plan, only: Optional[set[str]] = None) -> Plan:
             plan.add(Job(f"views:{r['name']}", ["views", "--model", str(src_artifact), "--data", plan.data,
                                                 "--out", str(out), "--no-progress",
                                                 *shlex.split(str(spec.get("views_args", "")))],
-                         [f"export:{source['name']}"], done=lambda o=out, a=src_artifact: _newer(o, a)))
+                         [f"export:{source['name']}"],
+                         # Not needed once the run that reads the views has finished.
+                         done=lambda o=out, a=src_artifact, run=plan.path(r["run"]):
+                         _newer(o, a) or (run / "summary.json").is_file()))
     return plan
 
 

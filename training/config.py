@@ -68,7 +68,7 @@ class MethodConfig:
     name: str = "clead"  # standard | pgd-at | trades | clead
     trades_beta: float = 6.0  # TRADES: weight of KL(clean || adv) (Zhang et al. 2019 use 6)
     clead_loss: str = "ntxent"  # C-LEAD contrastive loss: ntxent (pair positives) | supcon (label positives)
-    clead_tau: float = 0.5  # C-LEAD temperature of the contrastive softmax (> 0)
+    clead_tau: float = 0.1  # C-LEAD temperature (> 0); 0.1 won the ablation in docs/robustness.md
     clead_weight: float = 1.0  # C-LEAD lambda: weight of the contrastive term
     clead_proj_dim: int = 128  # C-LEAD projection (embedding) dimension
     clead_ce_on: str = "adv"  # which views carry cross-entropy: adv | clean | both

@@ -187,17 +187,33 @@ def run(args: argparse.Namespace) -> int:
 
     report = evaluate(model, data, specs, eps, n, args.batch_size, device, args.seed, progress, previous, on_update=save)
     report["data"].update(source=args.data, split=args.split)
+    # --resume also reuses the curve and the sanity checks when they were made with the same
+    # settings, and keeps those of the previous report that this call does not redo.
+    for key in ("curve", "sanity"):
+        if previous and previous.get(key):
+            report[key], report[f"{key}_settings"] = previous[key], previous.get(f"{key}_settings")
     if not args.no_curve and curve_specs and curve_eps:
-        report["curve"] = robustness_curve(model, data, curve_specs, curve_eps, args.curve_n, args.batch_size,
-                                           device, args.seed, progress)
-        plot_curve(report["curve"], out / "robustness_curve.png", f"{info['name']}: accuracy vs eps")
+        settings = {"eps": list(curve_eps), "n": args.curve_n, "attacks": [c.label for c in curve_specs],
+                    "seed": args.seed, "data": report["data"].get("indices_sha1")}
+        if previous and previous.get("curve") and previous.get("curve_settings") == settings:
+            report["curve"], report["curve_settings"] = previous["curve"], settings
+        else:
+            report["curve"] = robustness_curve(model, data, curve_specs, curve_eps, args.curve_n, args.batch_size,
+                                               device, args.seed, progress)
+            report["curve_settings"] = settings
+            plot_curve(report["curve"], out / "robustness_curve.png", f"{info['name']}: accuracy vs eps")
+        save(report)
     if args.sanity:
         from training.sanity import run_sanity_checks
 
-        subset = data.subset(balanced_subset(data.labels, args.curve_n, args.seed))
-        x, y = subset.images.float() / 255, subset.labels
-        checks = run_sanity_checks(model, x, y, eps, device=device, batch_size=args.batch_size, seed=args.seed)
-        report["sanity"] = [c.as_dict() for c in checks]
+        settings = {"eps": eps, "n": args.curve_n, "seed": args.seed}
+        if previous and previous.get("sanity") and previous.get("sanity_settings") == settings:
+            report["sanity"], report["sanity_settings"] = previous["sanity"], settings
+        else:
+            subset = data.subset(balanced_subset(data.labels, args.curve_n, args.seed))
+            x, y = subset.images.float() / 255, subset.labels
+            checks = run_sanity_checks(model, x, y, eps, device=device, batch_size=args.batch_size, seed=args.seed)
+            report["sanity"], report["sanity_settings"] = [c.as_dict() for c in checks], settings
     save(report)
     if args.update_metadata:
         record_metrics(Path(args.model), report, header["environment"])

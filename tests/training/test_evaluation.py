@@ -245,6 +245,15 @@ def test_cli_writes_report_curve_and_resumes(trained_tiny, cifar_root, tmp_path,
     assert all(r.get("resumed") for r in resumed["attacks"])
     assert [r["accuracy"] for r in resumed["attacks"]] == [r["accuracy"] for r in report["attacks"]]
 
+    # The curve is reused too when its settings match (the PNG is not redrawn); other settings redo it.
+    png_time = (out / "robustness_curve.png").stat().st_mtime_ns
+    assert _cli(*args, "--resume") == 0
+    again = json.loads((out / "report.json").read_text())
+    assert again["curve"] == report["curve"] and again["curve_settings"]["n"] == 30
+    assert (out / "robustness_curve.png").stat().st_mtime_ns == png_time
+    assert _cli(*args[:-5], "--curve-n", "20", "--out", str(out), "--no-progress", "--resume") == 0
+    assert json.loads((out / "report.json").read_text())["curve"]["n"] == 20
+
 
 @pytest.mark.cifar
 def test_cli_errors_are_actionable(trained_tiny, cifar_root, tmp_path, capsys):
