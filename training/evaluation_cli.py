@@ -128,6 +128,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="attacks for the curve (default: the --attacks list minus autoattack and square)")
     p.add_argument("--no-curve", action="store_true", help="skip robustness_curve.png")
     p.add_argument("--sanity", action="store_true", help="also run the sanity checks of training.sanity on --curve-n images")
+    p.add_argument("--no-sanity-autoattack", action="store_true",
+                   help="leave AutoAttack out of --sanity (by far its slowest check on a CPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--update-metadata", action="store_true",
                    help="write the measured accuracies into the artifact's metadata JSON (metrics)")
@@ -206,13 +208,14 @@ def run(args: argparse.Namespace) -> int:
     if args.sanity:
         from training.sanity import run_sanity_checks
 
-        settings = {"eps": eps, "n": args.curve_n, "seed": args.seed}
+        settings = {"eps": eps, "n": args.curve_n, "seed": args.seed, "autoattack": not args.no_sanity_autoattack}
         if previous and previous.get("sanity") and previous.get("sanity_settings") == settings:
             report["sanity"], report["sanity_settings"] = previous["sanity"], settings
         else:
             subset = data.subset(balanced_subset(data.labels, args.curve_n, args.seed))
             x, y = subset.images.float() / 255, subset.labels
-            checks = run_sanity_checks(model, x, y, eps, device=device, batch_size=args.batch_size, seed=args.seed)
+            checks = run_sanity_checks(model, x, y, eps, device=device, batch_size=args.batch_size, seed=args.seed,
+                                       autoattack=settings["autoattack"])
             report["sanity"], report["sanity_settings"] = [c.as_dict() for c in checks], settings
     save(report)
     if args.update_metadata:

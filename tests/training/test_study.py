@@ -199,3 +199,28 @@ def test_spec_errors_name_the_problem(tmp_path):
         build_study({"rows": [{"name": "x", "method": "pgd"}]}, tmp_path)
     with pytest.raises(ValueError, match="unknown role"):
         build_study({"rows": [{"name": "x", "method": "clead", "role": "final"}]}, tmp_path)
+
+
+def test_without_autoattack_the_summary_compares_apgd_t_and_the_own_targets(tmp_path):
+    spec = main_rows(tmp_path, clead_aa=0.36, clead_clean=0.70)
+    for key in ("pgdat", "clead", "trades"):  # drop AutoAttack from every report
+        file = tmp_path / "runs" / f"eval-{key}" / "report.json"
+        report = json.loads(file.read_text())
+        report["attacks"] = [a for a in report["attacks"] if a["attack"] != "autoattack"]
+        file.write_text(json.dumps(report))
+    md, _, _ = build_study(spec, tmp_path)
+    summary = md.split("## Summary")[1].split("##")[0]
+    assert "**No verdict yet**" in summary
+    assert "on our APGD-T" in summary and "C-LEAD 36.50% vs PGD-AT 45.50% (-9.00 points" in summary
+    assert "AutoAttack not run (target >= 38%; APGD-T alone leaves 36.50%, already below that target)" in summary
+    assert "clean 70.00% (target >= 68%: met)" in summary
+
+
+def test_fixed_views_row_is_compared_with_online_clead(tmp_path):
+    spec = main_rows(tmp_path)
+    run = write_run(tmp_path, "cifar10-fixed", "clead-fixed", 600.0, [(0.5, 0.1)], best=1)
+    ev = write_report(tmp_path, "eval-fixed", 0.5, {"apgd-t": 0.04, "autoattack": 0.03})
+    spec["rows"].append({"name": "fixed", "method": "clead-fixed", "run": run, "eval": ev, "role": "fixed-views"})
+    md, _, _ = build_study(spec, tmp_path)
+    assert "- fixed (control): AutoAttack 3.00% vs 48.00% for C-LEAD" in md and "(-45.00 points)" in md
+    assert table_row(md, "fixed (`clead-fixed`)")[5:7] == ["4.00", "3.00"]
