@@ -13,7 +13,8 @@ The spec (YAML)::
       - {name: PGD-AT, method: pgd-at, run: runs/cifar10-pgd-at, eval: [runs/eval-pgd-at], role: main}
       - {name: "C-LEAD tau=0.1", method: clead, run: runs/abl-tau01, role: ablation}
 
-Roles: ``main`` rows fill the per-method table and the verdict, ``ablation`` and
+Roles: ``main`` rows fill the per-method table and the verdict, ``scale`` rows a second table
+(the same methods at another scale, e.g. full width on a GPU), ``ablation`` and
 ``fixed-views`` rows the C-LEAD ablation table, which shows validation numbers only
 (ablations are chosen on the validation split; the test split only grades the final models).
 """
@@ -33,7 +34,7 @@ import yaml
 
 from training.config import METHODS, parse_eps
 
-ROLES = ("main", "ablation", "fixed-views")
+ROLES = ("main", "ablation", "fixed-views", "scale")
 ROW_KEYS = {"name", "method", "run", "eval", "role"}
 MAKE_KEYS = {"fit", "ship", "artifact", "select", "views"}  # how `clead-train study` makes a row (training.campaign)
 # The study's targets for C-LEAD against each adversarial baseline (points of accuracy).
@@ -501,11 +502,15 @@ def build_study(spec: dict, root: str | Path = ".", plot_path: Optional[Path] = 
            *[f"- {note}" for note in spec.get("notes", [])], *([""] if spec.get("notes") else []),
            "## Summary", "", *summary(main, eps, findings, [r for r in rows if r.role == "fixed-views"]), "",
            "## Accuracy per method", "", *main_table(main + [r for r in rows if r.role == "fixed-views"], eps), ""]
+    scale = [r for r in rows if r.role == "scale"]
+    if scale:
+        out += ["## At another scale", "", "Rows of role `scale` (their settings are in each run's `config.yaml` and "
+                "command under *Sources*); not part of the verdict above.", "", *main_table(scale, eps), ""]
     png = plot_curves(main + [r for r in rows if r.role == "fixed-views"], plot_path) if plot_path else None
     out += ["## Accuracy vs eps", ""]
     out += [f"![accuracy vs eps]({png.name})", ""] if png else \
         ["No curve: no report has one (evaluate without `--no-curve` to draw it).", ""]
-    ablations = [r for r in rows if r.method == "clead" or r.role == "ablation"]
+    ablations = [r for r in rows if (r.method == "clead" and r.role == "main") or r.role == "ablation"]
     out += ["## C-LEAD ablations (validation split)", "",
             "Settings from each run's `config.yaml`; accuracies on the validation split at the run's selected "
             "epoch (`summary.json` best epoch, from `metrics.jsonl`). Ablations are compared here, never on the "
