@@ -32,7 +32,8 @@ def _offline() -> None:
 
 
 # The test-split accuracies `clead-train eval --update-metadata` records, in display order.
-HEADLINE = (("clean_acc", "clean", "clean_n"), ("pgd20_acc", "PGD-20", None), ("autoattack_acc", "AutoAttack", None))
+HEADLINE = (("clean_acc", "clean", "clean_n"), ("pgd20_acc", "PGD-20", None), ("apgd_t_acc", "APGD-T", None),
+            ("autoattack_acc", "AutoAttack", None))
 
 
 def _headline_metrics(metrics: dict) -> str:

@@ -176,4 +176,6 @@ def test_model_card_shows_the_measured_headline_numbers_only():
                "attack_n": {"pgd20": 1000, "autoattack": 1000}, "eps": 8 / 255, "wall_seconds": 1401.3}
     assert _headline_metrics(metrics) == (
         "clean 57.3% (n=8000), PGD-20 31.0% (n=1000), AutoAttack 28.1% (n=1000), at eps 8/255 on the test split")
+    with_apgd = {**metrics, "apgd_t_acc": 0.3, "attack_n": {**metrics["attack_n"], "apgd_t": 1000}}
+    assert "PGD-20 31.0% (n=1000), APGD-T 30.0% (n=1000), AutoAttack" in _headline_metrics(with_apgd)
     assert _headline_metrics({"val_clean_acc": 0.5}) == ""  # nothing measured on the test split yet
