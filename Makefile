@@ -40,11 +40,12 @@ test: $(STAMP) system-deps
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not server and not browser"
 
-# Foreground until Ctrl-C; extra flags via SERVE_ARGS (e.g. SERVE_ARGS=--no-token-auth, see clead-serve up --help).
+# Foreground until Ctrl-C; extra flags via SERVE_ARGS (e.g. SERVE_ARGS=--no-token-auth or --no-front,
+# see clead-serve up --help). INFERENCE_PORT is the front's; TorchServe's own sits behind it on loopback.
 serve: $(STAMP) system-deps
 	$(BIN)/clead-serve up --inference-port $(INFERENCE_PORT) --management-port $(MANAGEMENT_PORT) --metrics-port $(METRICS_PORT) $(SERVE_ARGS)
 
-# Stops a TorchServe left running from runs/serve (e.g. one started with SERVE_ARGS=--detach).
+# Stops a TorchServe (and its front) left running from runs/serve (e.g. one started with SERVE_ARGS=--detach).
 stop: $(STAMP)
 	$(BIN)/clead-serve stop
 

@@ -47,7 +47,10 @@ class Served:
 def torchserve_config(workdir: Path, archive: ArchiveConfig) -> ServerConfig:
     ports = [free_port() for _ in range(5)]
     return ServerConfig(workdir=workdir, inference_port=ports[0], management_port=ports[1], metrics_port=ports[2],
-                        grpc_inference_port=ports[3], grpc_management_port=ports[4], archive=archive)
+                        grpc_inference_port=ports[3], grpc_management_port=ports[4], archive=archive,
+                        # TorchServe itself, comparable with the stock handler and Triton; the front's
+                        # own cost is measured by benchmarks/front_overhead.py (docs/serving.md).
+                        front=False)
 
 
 def start_torchserve(models: dict[str, Path], workdir: Path, archive: ArchiveConfig, name: str):

@@ -42,11 +42,17 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="serve the shipped models with TorchServe in the foreground")
     add_model_args(up)
     up.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="config, logs, key file, model store")
-    up.add_argument("--inference-port", type=int, default=8080)
+    up.add_argument("--inference-port", type=int, default=8080,
+                    help="where clients send predictions (the front's port; TorchServe's own with --no-front)")
     up.add_argument("--management-port", type=int, default=8081)
     up.add_argument("--metrics-port", type=int, default=8082)
     up.add_argument("--grpc-inference-port", type=int, default=7070)
     up.add_argument("--grpc-management-port", type=int, default=7071)
+    up.add_argument("--no-front", action="store_true",
+                    help="let TorchServe listen on --inference-port itself, without the small HTTP front that "
+                         "relabels form-encoded images (then curl --data-binary needs a Content-Type header)")
+    up.add_argument("--upstream-port", type=int, default=0,
+                    help="TorchServe's own inference port behind the front, on 127.0.0.1 (default: a free one)")
     up.add_argument("--no-token-auth", action="store_true",
                     help="turn TorchServe token authorization off (all APIs, management included)")
     up.add_argument("--token-expiration-min", type=int, default=24 * 60)
@@ -154,6 +160,7 @@ def cmd_up(args: argparse.Namespace, argv: list[str]) -> int:
         metrics_port=args.metrics_port, grpc_inference_port=args.grpc_inference_port,
         grpc_management_port=args.grpc_management_port, token_auth=not args.no_token_auth,
         token_expiration_min=args.token_expiration_min, archive=archive_config_from(args),
+        front=not args.no_front, upstream_port=args.upstream_port,
     )
     server = TorchServe(models, config)
     print(f"building archives and starting TorchServe in {server.workdir} ...", flush=True)
@@ -168,14 +175,16 @@ def cmd_up(args: argparse.Namespace, argv: list[str]) -> int:
         return 0
     try:
         print("serving; press Ctrl-C to stop", flush=True)
-        while server.process.poll() is None:
+        while server.running():
             time.sleep(1)
+        print("TorchServe or the front exited on its own; stopping the rest ...", flush=True)
     except KeyboardInterrupt:
         print("\nstopping TorchServe ...", flush=True)
     finally:
         server.stop()
-    if server.process.returncode not in (0, None, -signal.SIGTERM, 143):
-        print(f"TorchServe exited with code {server.process.returncode}; see {server.workdir / 'logs'}")
+    for what, proc in (("TorchServe", server.process), ("the front", server.front)):
+        if proc is not None and proc.returncode not in (0, None, -signal.SIGTERM, 143):
+            print(f"{what} exited with code {proc.returncode}; see {server.workdir / 'logs'}")
     print("stopped")
     return 0
 
@@ -193,12 +202,19 @@ def print_ready(server) -> None:
     auth = ""
     if cfg.token_auth:
         auth = f' -H "Authorization: Bearer {read_keys(server.workdir)["inference"]}"'
+    # Without the front, TorchServe decodes curl's default form content type and loses the image.
+    content_type = "" if cfg.front else " -H 'Content-Type: application/octet-stream'"
     print("\nTorchServe is ready; try:")
     for name in sorted(server.models):
-        print(f"  curl --data-binary @{sample} -H 'Content-Type: application/octet-stream'{auth} "
-              f"-H 'X-TopK: 3' {cfg.inference_url}/predictions/{name}")
+        print(f"  curl --data-binary @{sample}{content_type}{auth} -H 'X-TopK: 3' {cfg.inference_url}/predictions/{name}")
     program = sys.argv[0] if Path(sys.argv[0]).name == "clead-serve" else "clead-serve"
     print(f"  {program} predict --url {cfg.inference_url} --model clead --key-file {server.workdir / 'key_file.json'} {sample}")
+    if cfg.front:
+        print(f"{cfg.inference_url} is a small HTTP front (serving/front.py) relaying to TorchServe's inference API "
+              f"on {cfg.torchserve_inference_url}: it passes every request unchanged, except that a form-encoded "
+              "image (curl --data-binary's default) is relabelled application/octet-stream; --no-front turns it off")
+    else:
+        print("no front (--no-front): send images with a Content-Type (as above), curl -T or -F data=@file")
     if cfg.token_auth:
         print(f"keys (inference, management, token API) are in {server.workdir / 'key_file.json'};"
               " they expire after --token-expiration-min minutes")

@@ -10,8 +10,12 @@ Every instance lives in its own work folder (``runs/serve`` by default)::
     key_file.json       written by TorchServe (token authorization), mode 0600
     server.json         our record of the running instance, read by ``clead-serve stop``
 
-TorchServe is started in its own session, so Ctrl-C in the terminal reaches only us and we
-stop it in order: SIGTERM to the frontend, wait, then kill what is left of its process group.
+With the front on (the default), ``serving/front.py`` listens on the inference port and
+TorchServe's own inference API moves to an internal loopback port (``upstream_port``).
+
+TorchServe and the front are each started in their own session, so Ctrl-C in the terminal
+reaches only us and we stop them in order: SIGTERM to the front, then to TorchServe's frontend,
+wait, then kill what is left of either.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,21 +58,42 @@ class ServerConfig:
     token_expiration_min: int = 24 * 60  # lifetime of the management / inference keys
     java_heap: str = "1g"  # -Xmx of the frontend; the models live in the Python workers
     archive: ArchiveConfig = field(default_factory=ArchiveConfig)
+    # serving.front on inference_port, so curl --data-binary without a Content-Type works
+    # (TorchServe would decode such a body as a form); TorchServe then listens on upstream_port.
+    front: bool = True
+    upstream_port: int = 0  # TorchServe's own inference port behind the front; 0: a free one at start
 
     @property
     def inference_url(self) -> str:
+        """Where clients send predictions: the front, or TorchServe itself without it."""
         return f"http://{self.host}:{self.inference_port}"
+
+    @property
+    def torchserve_inference_url(self) -> str:
+        if not self.front:
+            return self.inference_url
+        if not self.upstream_port:
+            raise ValueError("upstream_port is not chosen yet (TorchServe() picks a free one)")
+        return f"http://{self.host}:{self.upstream_port}"
+
+    @property
+    def max_request_bytes(self) -> int:
+        # Leave room for multipart framing so the handler's own byte limit answers first,
+        # with a message that names the limit. The front enforces the same number.
+        return self.archive.limits.max_bytes + 64 * 1024
+
+    def ports(self) -> list[int]:
+        ports = [self.inference_port, self.management_port, self.metrics_port,
+                 self.grpc_inference_port, self.grpc_management_port]
+        return ports + [self.upstream_port] if self.front else ports
 
     @property
     def management_url(self) -> str:
         return f"http://{self.host}:{self.management_port}"
 
     def properties(self, model_store: Path) -> str:
-        # Leave room for multipart framing so the handler's own byte limit answers first,
-        # with a message that names the limit.
-        max_request = self.archive.limits.max_bytes + 64 * 1024
         props = {
-            "inference_address": self.inference_url,
+            "inference_address": self.torchserve_inference_url,
             "management_address": self.management_url,
             "metrics_address": f"http://{self.host}:{self.metrics_port}",
             "grpc_inference_address": self.host,
@@ -81,7 +106,7 @@ class ServerConfig:
             "enable_model_api": "false",  # no registration of new models over HTTP
             "enable_envvars_config": "false",  # the file is the whole configuration
             "install_py_dep_per_model": "false",  # never pip-install at model load
-            "max_request_size": max_request,
+            "max_request_size": self.max_request_bytes,
             "max_response_size": 1024 * 1024,
             "default_workers_per_model": self.archive.workers,
             "vmargs": f"-Xmx{self.java_heap} -XX:+ExitOnOutOfMemoryError",
@@ -129,9 +154,13 @@ class TorchServe:
 
     def __init__(self, models: dict[str, str | Path], config: ServerConfig | None = None) -> None:
         self.models = {name: Path(path) for name, path in models.items()}
-        self.config = config or ServerConfig()
+        config = config or ServerConfig()
+        if config.front and not config.upstream_port:
+            config = replace(config, upstream_port=free_port(config.host))
+        self.config = config
         self.workdir = Path(self.config.workdir).resolve()
         self.process: subprocess.Popen | None = None
+        self.front: subprocess.Popen | None = None
 
     # -- setup -------------------------------------------------------------------------
     def prepare(self) -> list[Path]:
@@ -147,8 +176,7 @@ class TorchServe:
                 "stop it with `make stop` (clead-serve stop)"
             )
         cfg = self.config
-        for port in (cfg.inference_port, cfg.management_port, cfg.metrics_port,
-                     cfg.grpc_inference_port, cfg.grpc_management_port):
+        for port in cfg.ports():
             if port_in_use(cfg.host, port):
                 raise ServerError(f"port {port} on {cfg.host} is already in use; choose other ports (see --help)")
         for sub in ("model_store", "logs", "tmp"):
@@ -183,17 +211,36 @@ class TorchServe:
         self.process = subprocess.Popen(cmd, cwd=self.workdir, env=self.env(), stdout=log,
                                         stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
-        write_record(self.workdir, {"pid": self.process.pid, "pgid": self.process.pid, **self.describe()})
+        record = {"pid": self.process.pid, "pgid": self.process.pid, **self.describe()}
+        write_record(self.workdir, record)
         try:
+            if self.config.front:
+                self.front = self.start_front()
+                write_record(self.workdir, {**record, "front_pid": self.front.pid})
             self.wait_ready(timeout_s)
         except BaseException:
             self.stop()
             raise
 
+    def start_front(self) -> subprocess.Popen:
+        """``python -m serving.front`` on the inference port, relaying to TorchServe's own."""
+        cfg = self.config
+        cmd = [sys.executable, "-m", "serving.front", "--host", cfg.host, "--port", str(cfg.inference_port),
+               "--upstream", cfg.torchserve_inference_url, "--max-request-bytes", str(cfg.max_request_bytes)]
+        env = dict(os.environ)
+        # Importable also when this project runs from a checkout without being installed.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
+                                                          env.get("PYTHONPATH")]))
+        with open(self.workdir / "logs" / "front.log", "wb") as log:
+            return subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+
     def describe(self) -> dict[str, Any]:
         cfg = self.config
         return {
             "inference_url": cfg.inference_url,
+            "torchserve_inference_url": cfg.torchserve_inference_url,
+            "front": cfg.front,
             "management_url": cfg.management_url,
             "models": sorted(self.models),
             "token_auth": cfg.token_auth,
@@ -205,6 +252,11 @@ class TorchServe:
         from serving.client import TorchServeClient, PredictionError
 
         deadline = time.monotonic() + timeout_s
+        while self.front is not None and not port_in_use(self.config.host, self.config.inference_port):
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise ServerError(f"the front did not listen on {self.config.inference_url}; {self.log_tail()}")
+            time.sleep(0.1)
         if self.config.token_auth:
             while not read_keys(self.workdir):
                 self._check_alive()
@@ -250,10 +302,17 @@ class TorchServe:
     def _check_alive(self) -> None:
         if self.process is not None and self.process.poll() is not None:
             raise ServerError(f"TorchServe exited with code {self.process.returncode}; {self.log_tail()}")
+        if self.front is not None and self.front.poll() is not None:
+            raise ServerError(f"the front exited with code {self.front.returncode}; {self.log_tail()}")
+
+    def running(self) -> bool:
+        """TorchServe and (when on) the front are both still up."""
+        return self.process is not None and self.process.poll() is None and (
+            self.front is None or self.front.poll() is None)
 
     def log_tail(self, lines: int = 30) -> str:
         parts = []
-        for name in ("torchserve.out", "model_log.log"):
+        for name in ("front.log", "torchserve.out", "model_log.log"):
             path = self.workdir / "logs" / name
             if path.is_file():
                 tail = path.read_text(errors="replace").splitlines()[-lines:]
@@ -262,11 +321,12 @@ class TorchServe:
 
     def stop(self, timeout_s: float = 60.0) -> None:
         stop_instance(self.workdir, timeout_s)
-        if self.process is not None:
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
+        for proc in (self.front, self.process):
+            if proc is not None:
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
 
 
 # -- process record, shared by `up` and `stop` ----------------------------------------------
@@ -313,11 +373,13 @@ def stop_instance(workdir: str | Path, timeout_s: float = 60.0) -> bool:
     record = read_record(workdir)
     if not record:
         return False
+    # The front first: no new requests reach a TorchServe that is shutting down.
+    front_stopped = stop_front(record.get("front_pid"))
     pgid = record["pgid"]
     members = group_members(pgid)
     if not members:
         (workdir / SERVER_RECORD).unlink(missing_ok=True)
-        return False
+        return front_stopped
     import psutil
 
     launcher = record["pid"]
@@ -331,6 +393,25 @@ def stop_instance(workdir: str | Path, timeout_s: float = 60.0) -> bool:
         _signal(pid, signal.SIGKILL)
     psutil.wait_procs([p for p in _procs(members)], timeout=5)
     (workdir / SERVER_RECORD).unlink(missing_ok=True)
+    return True
+
+
+def stop_front(pid: int | None, timeout_s: float = 10.0) -> bool:
+    """SIGTERM the front recorded as ``pid`` (only if that pid still is a front), kill it if it lingers."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid) if pid else None
+        if proc is None or "serving.front" not in proc.cmdline() or proc.status() == psutil.STATUS_ZOMBIE:
+            return False  # gone, or the pid now belongs to someone else
+        proc.terminate()
+        try:
+            proc.wait(timeout_s)
+        except psutil.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    except psutil.NoSuchProcess:
+        return False
     return True
 
 

@@ -42,3 +42,16 @@ def test_interleaved_training_case_runs_at_smoke_scale(tmp_path):
     [case] = json.loads(out.read_text())["benchmarks"]
     assert {len(t) for t in case["extra_info"]["seconds"].values()} == {1}  # smoke: one round each
     assert "C-LEAD / PGD-AT" in doc.read_text()
+
+
+def test_front_overhead_table_compares_each_path_with_direct():
+    """``python -m benchmarks.front_overhead`` (docs/serving.md): medians per path, the front's extra latency."""
+    from benchmarks.front_overhead import table
+
+    def run(p50: float, cpu: float) -> dict:
+        return {"p50_ms": p50, "mean_ms": p50 + 1, "p99_ms": 3 * p50, "rps": 1000 / p50, "front_cpu_ms": cpu}
+
+    page = table({1: {"direct": [run(5.0, 0.0), run(7.0, 0.0), run(6.0, 0.0)],
+                      "front": [run(6.5, 0.4), run(6.0, 0.5), run(9.0, 0.6)]}})
+    assert "| 1 | direct | 6.00 | 7.00 | 18.00 | 167 |  |  |" in page
+    assert "| 1 | front | 6.50 | 7.50 | 19.50 | 154 | +0.50 ms / +0.50 ms | 0.50 |" in page

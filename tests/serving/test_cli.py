@@ -56,10 +56,38 @@ def test_stop_with_nothing_running(tmp_path, capsys):
 
 
 def test_config_properties_bind_localhost_and_keep_security_on(tmp_path):
-    props = dict(line.split("=", 1) for line in ServerConfig().properties(tmp_path).splitlines())
+    props = dict(line.split("=", 1) for line in ServerConfig(upstream_port=9090).properties(tmp_path).splitlines())
     for key in ("inference_address", "management_address", "metrics_address"):
         assert props[key].startswith("http://127.0.0.1:")
     assert props["grpc_inference_address"] == props["grpc_management_address"] == "127.0.0.1"
     assert props["disable_token_authorization"] == "false"
     assert props["enable_model_api"] == "false"
     assert int(props["max_request_size"]) > Limits().max_bytes
+
+
+def test_the_front_moves_torchserve_to_an_internal_port(tmp_path):
+    """With the front (the default) TorchServe listens on a free loopback port behind it;
+    --no-front puts TorchServe itself on the inference port."""
+    from serving.torchserve import TorchServe
+
+    server = TorchServe({}, ServerConfig(workdir=tmp_path, inference_port=8080))
+    cfg = server.config
+    assert cfg.front and cfg.upstream_port not in (0, 8080)
+    props = dict(line.split("=", 1) for line in cfg.properties(tmp_path).splitlines())
+    assert props["inference_address"] == f"http://127.0.0.1:{cfg.upstream_port}" == cfg.torchserve_inference_url
+    assert cfg.inference_url == "http://127.0.0.1:8080" and cfg.upstream_port in cfg.ports()
+    bare = TorchServe({}, ServerConfig(workdir=tmp_path, inference_port=8080, front=False)).config
+    assert bare.torchserve_inference_url == bare.inference_url == "http://127.0.0.1:8080"
+    props = dict(line.split("=", 1) for line in bare.properties(tmp_path).splitlines())
+    assert props["inference_address"] == "http://127.0.0.1:8080"
+
+
+def test_stop_leaves_a_reused_front_pid_alone(tmp_path):
+    """server.json may outlive its processes; a recorded front pid now used by another program is not signalled."""
+    import os
+
+    from serving.torchserve import stop_front, write_record
+
+    assert stop_front(os.getpid()) is False  # this pytest process is not a front
+    write_record(tmp_path, {"pid": 2**22 + 1, "pgid": 2**22 + 1, "front_pid": os.getpid()})
+    assert stop_instance(tmp_path) is False and not (tmp_path / "server.json").exists()

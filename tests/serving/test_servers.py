@@ -1,13 +1,16 @@
 """Against real servers: TorchServe through ``clead-serve up`` and Triton through ``clead-serve triton``.
 
 Both are started the way a user starts them (the CLI, in a subprocess), on free ports bound to
-127.0.0.1, each TorchServe with its own work folder (TMPDIR, logs, key file, model store).
+127.0.0.1, each TorchServe with its own work folder (TMPDIR, logs, key file, model store) and,
+as by default, behind the front (``serving/front.py``); ``torchserve.torchserve_url`` reaches
+TorchServe itself.
 Every wait is bounded; the fixtures' finalizers stop whatever is still running. The last
 tests stop each server with SIGINT (Ctrl-C) and check that no process of it is left.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import signal
 import subprocess
@@ -80,8 +83,9 @@ def torchserve(artifacts, tmp_path_factory):
         cmd += [flag, str(port)]
     server = ServerProcess(cmd, "press Ctrl-C to stop", timeout_s=200)
     server.workdir = workdir
-    server.url = f"http://127.0.0.1:{ports['--inference-port']}"
-    server.ports = list(ports.values())
+    server.url = f"http://127.0.0.1:{ports['--inference-port']}"  # the front (on by default)
+    server.torchserve_url = read_record(workdir)["torchserve_inference_url"]  # TorchServe itself, behind it
+    server.ports = list(ports.values()) + [int(server.torchserve_url.rsplit(":", 1)[1])]
     server.client = TorchServeClient(server.url, key_file=workdir / "key_file.json")
     yield server
     server.interrupt()
@@ -190,14 +194,75 @@ def test_topk_header_and_multipart_field(torchserve):
     assert bad.status_code == 400 and "topk" in bad.json()["message"]
 
 
+def curl(*args: str) -> tuple[int, dict]:
+    """Run curl; (HTTP status, JSON body)."""
+    out = subprocess.run(["curl", "-sS", "-w", "\n%{http_code}", *args], capture_output=True, text=True, timeout=60)
+    body, _, status = out.stdout.rpartition("\n")
+    assert status.isdigit(), out.stderr
+    return int(status), json.loads(body)
+
+
+def test_bare_curl_data_binary_gets_the_prediction(torchserve, tmp_path):
+    """The issue's "done when": curl --data-binary @some.jpg plus the auth header, nothing else.
+
+    curl labels the body application/x-www-form-urlencoded; the front relabels it (it is a
+    JPEG) and TorchServe's answer comes back unchanged. Straight to TorchServe, the same
+    request dies in its form decoder with a 500, which is why the front exists."""
+    key = read_keys(torchserve.workdir)["inference"]
+    image = tmp_path / "some.jpg"
+    image.write_bytes(encode(random_image(64, 48, seed=3), "JPEG"))
+    auth = f"Authorization: Bearer {key}"
+    status, body = curl("--data-binary", f"@{image}", "-H", auth, f"{torchserve.url}/predictions/clead")
+    assert status == 200, body
+    assert body["model"] == "clead" and body["label"] == CLASSES[body["index"]] and len(body["topk"]) == 5
+    assert body == {**torchserve.client.predict(image, "clead"), "batch_size": body["batch_size"]}
+    status, body = curl("--data-binary", f"@{image}", "-H", "Authorization: Bearer wrong",
+                        f"{torchserve.url}/predictions/clead")
+    assert status == 400 and body["type"] == "InvalidKeyException"  # auth is still TorchServe's
+    status, body = curl("--data-binary", f"@{image}", "-H", auth, f"{torchserve.torchserve_url}/predictions/clead")
+    assert status == 500 and body["type"] == "ErrorDataDecoderException"
+
+
+def test_form_encoded_body_that_is_no_image_gets_a_415_not_a_500(torchserve, tmp_path):
+    key = read_keys(torchserve.workdir)["inference"]
+    text = tmp_path / "notes.txt"
+    text.write_bytes(b"note=not an image\r!")  # a lone CR in a value: TorchServe's form decoder fails on it
+    args = ["--data-binary", f"@{text}", "-H", f"Authorization: Bearer {key}"]
+    status, body = curl(*args, f"{torchserve.url}/predictions/clead")
+    assert status == 415 and body["type"] == "UnsupportedMediaType" and body["model"] == "clead"
+    assert "x-www-form-urlencoded" in body["message"] and "not a JPEG" in body["message"]
+    status, body = curl(*args, f"{torchserve.torchserve_url}/predictions/clead")
+    assert status == 500, "TorchServe alone now decodes this form: the front's refusal may be obsolete"
+
+
+def test_front_keeps_the_connection_alive(torchserve):
+    key = read_keys(torchserve.workdir)["inference"]
+    host, port = torchserve.url.split("//")[1].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    sockets, statuses = set(), []
+    for body, content_type in [(images(1)[0], "application/x-www-form-urlencoded"), (b"junk", None),
+                               (encode(random_image(), "JPEG"), "application/x-www-form-urlencoded"),
+                               (images(1)[0], "image/png")]:
+        headers = {"Authorization": f"Bearer {key}", **({"Content-Type": content_type} if content_type else {})}
+        conn.request("POST", "/predictions/baseline", body, headers)
+        resp = conn.getresponse()
+        answer = json.loads(resp.read())
+        statuses.append(resp.status)
+        sockets.add(id(conn.sock))
+        assert resp.status != 200 or answer["model"] == "baseline"
+    conn.close()
+    assert statuses == [200, 415, 200, 200] and len(sockets) == 1
+
+
 def test_curl_style_uploads(torchserve, tmp_path):
-    """What README shows: curl --data-binary with a content type, curl -T (PUT), curl -F."""
+    """What README shows: curl --data-binary with or without a content type, curl -T (PUT), curl -F."""
     key = read_keys(torchserve.workdir)["inference"]
     image = tmp_path / "x.jpg"
     image.write_bytes(encode(random_image(64, 48), "JPEG"))
     url = f"{torchserve.url}/predictions/clead"
     auth = ["-H", f"Authorization: Bearer {key}"]
     variants = {
+        "bare": ["--data-binary", f"@{image}"],
         "octet-stream": ["--data-binary", f"@{image}", "-H", "Content-Type: application/octet-stream"],
         "image/jpeg": ["--data-binary", f"@{image}", "-H", "Content-Type: image/jpeg"],
         "put": ["-T", str(image)],
@@ -210,24 +275,30 @@ def test_curl_style_uploads(torchserve, tmp_path):
         assert body.get("label") in CLASSES, (name, body)
         labels.add(body["label"])
     assert len(labels) == 1
-    # curl --data-binary without a content type sends a form, which TorchServe decodes before the
-    # handler: bytes that break its form decoder get TorchServe's own 500 ("Bad end of line"),
-    # the rest reach the handler as an empty form, which answers how to send the image instead.
+    # Past the front, curl --data-binary without a content type sends a form, which TorchServe
+    # decodes before the handler: bytes that break its form decoder get TorchServe's own 500
+    # (test above), the rest reach the handler as an empty form, which answers how to send the
+    # image instead (what --no-front users see).
     png = tmp_path / "sample.png"
     png.write_bytes(sample_png())
-    out = subprocess.run(["curl", "-sS", "--data-binary", f"@{png}", *auth, url], capture_output=True, text=True,
-                         timeout=60)
-    body = json.loads(out.stdout)
-    assert body["code"] == 415 and "Content-Type: application/octet-stream" in body["message"]
+    status, body = curl("--data-binary", f"@{png}", *auth, f"{torchserve.torchserve_url}/predictions/clead")
+    assert status == 415 and "Content-Type: application/octet-stream" in body["message"]
+    status, body = curl("--data-binary", f"@{png}", *auth, url)
+    assert status == 200 and body["label"] in CLASSES
 
 
 def test_size_limits(torchserve):
     with pytest.raises(PredictionError) as handler_limit:
         torchserve.client.predict(b"\xff" * (MAX_BYTES + 1000), "clead")
     assert handler_limit.value.status == 413 and f"{MAX_BYTES} bytes" in handler_limit.value.body["message"]
-    with pytest.raises(PredictionError) as server_limit:
+    with pytest.raises(PredictionError) as server_limit:  # over max_request_size: the front refuses it
         torchserve.client.predict(b"\xff" * (MAX_BYTES + 200_000), "clead")
     assert server_limit.value.status == 413
+    assert f"limit of {MAX_BYTES + 64 * 1024} bytes" in server_limit.value.body["message"]
+    direct = TorchServeClient(torchserve.torchserve_url, key_file=torchserve.workdir / "key_file.json")
+    with pytest.raises(PredictionError) as torchserve_limit:  # the same limit as TorchServe's own
+        direct.predict(b"\xff" * (MAX_BYTES + 64 * 1024 + 1), "clead")
+    assert torchserve_limit.value.status == 413
     assert torchserve.client.predict(images(1)[0], "clead")["label"] in CLASSES  # worker still alive
 
 
@@ -267,11 +338,14 @@ def test_triton_refuses_a_bad_image_like_torchserve(triton, tmp_path):
 
 # -- clean stops (keep these last: they end the module's servers) ---------------------------
 def test_torchserve_stops_cleanly_on_ctrl_c(torchserve):
-    pgid = read_record(torchserve.workdir)["pgid"]
+    record = read_record(torchserve.workdir)
+    pgid, front = record["pgid"], psutil.Process(record["front_pid"])
     assert group_members(pgid), "TorchServe should be running before the stop"
+    assert "serving.front" in " ".join(front.cmdline()), "the front should be running before the stop"
     assert torchserve.interrupt() == 0, torchserve.output()
     assert "stopped" in torchserve.output()
     assert group_members(pgid) == [], "processes of TorchServe outlived Ctrl-C"
+    assert not front.is_running(), "the front outlived Ctrl-C"
     assert not any(port_in_use("127.0.0.1", p) for p in torchserve.ports)
     assert read_record(torchserve.workdir) is None
 
