@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ctypes
 import io
 import json
 import math
@@ -39,12 +40,17 @@ TOPK_HEADER = "x-topk"  # request header, case-insensitive
 
 @dataclass
 class Limits:
-    """Per-request limits; the server's own request-size limit should equal ``max_bytes``."""
+    """The handler's settings (``handler:`` in model-config.yaml): per-request limits and how the
+    model runs. The server's own request-size limit should equal ``max_bytes``."""
 
     max_bytes: int = 10 * 1024 * 1024  # encoded image size, bytes
     max_pixels: int = 25_000_000  # width * height of the encoded image, checked before decoding
     default_topk: int = 5  # labels returned when the request does not ask
     bf16: bool = False  # bf16 autocast on CUDA (never on CPU); off keeps results bit-comparable
+    # TorchScript on CPU: torch.jit.freeze at load (weights become constants, batch norm folded
+    # into the convolutions). Logits agree to ~1e-8; measured 4-8% less forward time at batch 1-8
+    # for the quarter-width model on a 2-core CPU (see freeze_for_inference).
+    freeze: bool = True
 
 
 class RequestError(Exception):
@@ -178,6 +184,45 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")  # L, P, CMYK, YCbCr, 1, ...
 
 
+def keep_freed_memory() -> bool:
+    """Stop glibc from handing freed tensor memory back to the kernel after every batch.
+
+    Why: a forward pass allocates and frees its activations (0.5 MB each for a batch of 8 of
+    the quarter-width model). glibc trims the top of its heap back to the kernel whenever more
+    than its trim threshold is free there, so the next batch takes those pages again as
+    zero-filled page faults: measured 1,200-1,600 minor faults per forward of 8 images, 6.7-7.3
+    ms instead of 4.5 ms. Whether a process hits this depends on its malloc history (one that
+    had imported torchvision, as TorchServe's stock handler does, took 0-640 faults in the same
+    test), so a server must not leave it to chance. Fixed thresholds (blocks mmapped only above
+    64 MB, the heap trimmed only above 256 MB free) keep the pages: no faults. Process-wide, so
+    only the engines' own server processes call it. Returns False where libc is not glibc.
+    """
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    return bool(mallopt(m_mmap_threshold, 64 << 20)) and bool(mallopt(m_trim_threshold, 256 << 20))
+
+
+def freeze_for_inference(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """A frozen copy of a TorchScript ``module`` on CPU; anything else is returned unchanged.
+
+    Freezing inlines the weights and folds batch norm into the preceding convolutions. We stop
+    there: ``torch.jit.optimize_for_inference`` (oneDNN layouts on top) measured 3% faster at
+    batch 8 but 10% slower at batch 1, the batch of every lone request. CUDA keeps the module
+    as loaded (bf16 autocast runs on it); a torch.export module has no freezing step. The
+    result is not differentiable, which serving never needs.
+    """
+    if device.type != "cpu" or not isinstance(module, torch.jit.ScriptModule):
+        return module
+    with warnings.catch_warnings():
+        # torch >= 2.10 flags torch.jit as deprecated (see serving/artifact.py).
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.freeze(module.eval())
+
+
 def select_device(gpu_id: int | None) -> torch.device:
     """``cuda:<gpu_id>`` when the engine assigned a GPU and CUDA works, otherwise CPU."""
     if gpu_id is not None and torch.cuda.is_available():
@@ -197,14 +242,14 @@ class Predictor:
         version: str | None = None,
         limits: Limits | None = None,
     ) -> None:
-        self.module = module
-        self.metadata = dict(metadata)
         self.device = torch.device(device)
+        self.limits = limits or Limits()
+        self.module = freeze_for_inference(module, self.device) if self.limits.freeze else module
+        self.metadata = dict(metadata)
         self.classes = [str(c) for c in metadata["classes"]]
         self.input_size = tuple(int(s) for s in metadata["input_size"])
         self.name = name or str(metadata.get("name") or "model")
         self.version = str(version or metadata.get("version") or "1")
-        self.limits = limits or Limits()
         self._check_output()
 
     @classmethod
