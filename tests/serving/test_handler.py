@@ -201,10 +201,10 @@ def test_handler_matches_direct_model_output(make_handler, artifacts, png):
     assert body["probability"] == pytest.approx(float(probs.max()), abs=1e-6)
 
 
-def test_frozen_module_answers_like_the_artifact(artifacts):
-    """Freezing the TorchScript module (the CPU default) must not change an answer."""
+def test_optimized_module_answers_like_the_artifact(artifacts):
+    """channels_last + freezing (the CPU default for TorchScript) must not change an answer."""
     requests = [{"body": encode(random_image(40, 30, seed=s), "PNG")} for s in range(5)]
-    plain = Predictor.from_artifact(str(artifacts["clead"]), limits=Limits(freeze=False))
+    plain = Predictor.from_artifact(str(artifacts["clead"]), limits=Limits(optimize=False))
     fast = Predictor.from_artifact(str(artifacts["clead"]))
     assert isinstance(fast.module, torch.jit.ScriptModule) and fast.module is not plain.module
     for a, b in zip(plain.predict(requests), fast.predict(requests)):
