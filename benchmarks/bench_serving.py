@@ -176,7 +176,8 @@ def test_stock_transforms_inprocess(benchmark, scale, artifacts, images):
 TUNING = {  # name: (batch size, max batch delay ms, workers)
     "b8-d50-w1": (8, 50, 1),  # the defaults before this sweep
     "b8-d10-w1": (8, 10, 1),
-    "b8-d2-w1": (8, 2, 1),
+    "b8-d2-w1": (8, 2, 1),  # shipped
+    "b8-d1-w1": (8, 1, 1),
     "b8-d2-w2": (8, 2, 2),
     "b16-d2-w1": (16, 2, 1),
 }

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ctypes
 import io
 import json
 import math
@@ -39,12 +40,17 @@ TOPK_HEADER = "x-topk"  # request header, case-insensitive
 
 @dataclass
 class Limits:
-    """Per-request limits; the server's own request-size limit should equal ``max_bytes``."""
+    """The handler's settings (``handler:`` in model-config.yaml): per-request limits and how the
+    model runs. The server's own request-size limit should equal ``max_bytes``."""
 
     max_bytes: int = 10 * 1024 * 1024  # encoded image size, bytes
     max_pixels: int = 25_000_000  # width * height of the encoded image, checked before decoding
     default_topk: int = 5  # labels returned when the request does not ask
     bf16: bool = False  # bf16 autocast on CUDA (never on CPU); off keeps results bit-comparable
+    # TorchScript on CPU: channels_last weights and inputs, and torch.jit.freeze, at load. Logits
+    # agree to ~1e-8; measured 12-18% less forward time at batch 1-8 for the quarter-width model
+    # on a 2-core CPU, 1-9% at full width (see optimize_for_cpu).
+    optimize: bool = True
 
 
 class RequestError(Exception):
@@ -178,6 +184,49 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")  # L, P, CMYK, YCbCr, 1, ...
 
 
+def keep_freed_memory() -> bool:
+    """Stop glibc from handing freed tensor memory back to the kernel after every batch.
+
+    Why: a forward pass allocates and frees its activations (0.5 MB each for a batch of 8 of
+    the quarter-width model). glibc trims the top of its heap back to the kernel whenever more
+    than its trim threshold is free there, so the next batch takes those pages again as
+    zero-filled page faults: measured 1,200-1,600 minor faults per forward of 8 images, 6.7-7.3
+    ms instead of 4.5 ms. Whether a process hits this depends on its malloc history (one that
+    had imported torchvision, as TorchServe's stock handler does, took 0-640 faults in the same
+    test), so a server must not leave it to chance. Fixed thresholds (blocks mmapped only above
+    64 MB, the heap trimmed only above 256 MB free) keep the pages: no faults. Process-wide, so
+    only the engines' own server processes call it. Returns False where libc is not glibc.
+    """
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    return bool(mallopt(m_mmap_threshold, 64 << 20)) and bool(mallopt(m_trim_threshold, 256 << 20))
+
+
+def optimize_for_cpu(module: torch.nn.Module, device: torch.device) -> tuple[torch.nn.Module, torch.memory_format]:
+    """A TorchScript ``module`` on CPU, made faster to run: ``(module, input memory format)``.
+
+    Measured on the quarter-width PreAct ResNet-18, batch 1 / 4 / 8, 2-core CPU (full width):
+    channels_last (NHWC) weights and inputs run oneDNN's convolutions without layout
+    reorders, 1.44 -> 1.27, 3.0 -> 2.45, 4.8 -> 4.0 ms (12.8 -> 11.6 ms at batch 1); freezing
+    inlines the weights and folds batch norm into the convolutions, another 4-8%.
+    ``torch.jit.optimize_for_inference`` on top was 3% faster at batch 8 but 10% slower at
+    batch 1, the batch of every lone request, so it is not used. CUDA keeps the module as
+    loaded (bf16 autocast runs on it), and a torch.export module has no freezing step. The
+    result is not differentiable, which serving never needs.
+    """
+    if device.type != "cpu" or not isinstance(module, torch.jit.ScriptModule):
+        return module, torch.contiguous_format
+    with warnings.catch_warnings():
+        # torch >= 2.10 flags torch.jit as deprecated (see serving/artifact.py).
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        module = torch.jit.freeze(module.eval().to(memory_format=torch.channels_last))
+    return module, torch.channels_last
+
+
 def select_device(gpu_id: int | None) -> torch.device:
     """``cuda:<gpu_id>`` when the engine assigned a GPU and CUDA works, otherwise CPU."""
     if gpu_id is not None and torch.cuda.is_available():
@@ -197,14 +246,16 @@ class Predictor:
         version: str | None = None,
         limits: Limits | None = None,
     ) -> None:
-        self.module = module
-        self.metadata = dict(metadata)
         self.device = torch.device(device)
+        self.limits = limits or Limits()
+        self.module, self.memory_format = (
+            optimize_for_cpu(module, self.device) if self.limits.optimize else (module, torch.contiguous_format)
+        )
+        self.metadata = dict(metadata)
         self.classes = [str(c) for c in metadata["classes"]]
         self.input_size = tuple(int(s) for s in metadata["input_size"])
         self.name = name or str(metadata.get("name") or "model")
         self.version = str(version or metadata.get("version") or "1")
-        self.limits = limits or Limits()
         self._check_output()
 
     @classmethod
@@ -227,7 +278,7 @@ class Predictor:
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         """One forward pass, no autograd; bf16 autocast only on CUDA and only when enabled."""
-        batch = batch.to(self.device, non_blocking=True)
+        batch = batch.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         use_bf16 = self.limits.bf16 and self.device.type == "cuda"
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
             logits = self.module(batch)

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from serving.handler import Limits, Predictor
+from serving.handler import Limits, Predictor, keep_freed_memory
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +87,7 @@ def serve(models: dict[str, str | Path], config: TritonServeConfig | None = None
 
     config = config or TritonServeConfig()
     _ensure_libpython_path()
+    keep_freed_memory()  # this process runs every model's forward passes (see the function)
     predictors = {
         name: Predictor.from_artifact(str(path), gpu_id=config.gpu_id, name=name, limits=config.limits)
         for name, path in models.items()

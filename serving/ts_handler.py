@@ -19,7 +19,9 @@ from typing import Any
 from ts.torch_handler.base_handler import BaseHandler
 
 from serving.artifact import ArtifactError
-from serving.handler import TOPK_HEADER, TOPK_PARAM, Limits, Predictor, RequestError, dumps, is_error
+from serving.handler import (
+    TOPK_HEADER, TOPK_PARAM, Limits, Predictor, RequestError, dumps, is_error, keep_freed_memory,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +30,8 @@ class CleadHandler(BaseHandler):
     """Image classification with per-request errors and one forward pass per batch."""
 
     def initialize(self, context: Any) -> None:
+        # The worker process is this model's alone, so the process-wide allocator setting is ours to make.
+        kept = keep_freed_memory()
         props = context.system_properties
         model_dir = Path(props.get("model_dir") or ".")
         manifest = getattr(context, "manifest", None) or {}
@@ -47,7 +51,8 @@ class CleadHandler(BaseHandler):
         self.model = self.predictor.module
         self.context = context
         self.initialized = True
-        logger.info("clead handler ready: %s on %s, limits %s", artifact.name, self.device, limits)
+        logger.info("clead handler ready: %s on %s, limits %s, freed memory kept: %s", artifact.name, self.device,
+                    limits, kept)
 
     @staticmethod
     def _find_artifact(model_dir: Path) -> Path:
@@ -57,8 +62,9 @@ class CleadHandler(BaseHandler):
         return found[0]
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[str]:
-        topks = [self._topk(request, idx, context) for idx, request in enumerate(data)]
-        rejected = [self._form_encoded(idx, context) for idx in range(len(data))]
+        headers = [self._headers(idx, context) for idx in range(len(data))]
+        topks = [self._topk(request, h) for request, h in zip(data, headers)]
+        rejected = [self._form_encoded(h) for h in headers]
         responses = self.predictor.predict(data, topks, rejected)
         # Under a request envelope (KServe) ``data`` holds the instances of one request, so
         # there may be more entries than HTTP requests to set a status on.
@@ -74,12 +80,12 @@ class CleadHandler(BaseHandler):
             return {}
         return {k.lower(): v for k, v in (context.get_all_request_header(idx) or {}).items() if isinstance(k, str)}
 
-    @classmethod
-    def _form_encoded(cls, idx: int, context: Any) -> RequestError | None:
+    @staticmethod
+    def _form_encoded(headers: dict[str, Any]) -> RequestError | None:
         """TorchServe parses an ``application/x-www-form-urlencoded`` body as an HTML form
         before the handler sees it, which destroys binary data. That is curl ``--data-binary``'s
         default content type, so say exactly how to send the image instead."""
-        content_type = str(cls._headers(idx, context).get("content-type", "")).split(";")[0].strip().lower()
+        content_type = str(headers.get("content-type", "")).split(";")[0].strip().lower()
         if content_type != "application/x-www-form-urlencoded":
             return None
         return RequestError(
@@ -90,12 +96,12 @@ class CleadHandler(BaseHandler):
             "or send it as multipart with -F data=@image.jpg",
         )
 
-    @classmethod
-    def _topk(cls, request: dict[str, Any], idx: int, context: Any) -> Any:
+    @staticmethod
+    def _topk(request: dict[str, Any], headers: dict[str, Any]) -> Any:
         """A ``topk`` field (multipart, or the query of ``/invocations``) wins over the X-TopK header.
 
         TorchServe 0.12 passes query strings to the handler only on ``/invocations``, not on
         ``/predictions``, so the header is the way there."""
         if TOPK_PARAM in request:
             return request[TOPK_PARAM]
-        return cls._headers(idx, context).get(TOPK_HEADER)
+        return headers.get(TOPK_HEADER)

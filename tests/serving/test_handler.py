@@ -201,6 +201,25 @@ def test_handler_matches_direct_model_output(make_handler, artifacts, png):
     assert body["probability"] == pytest.approx(float(probs.max()), abs=1e-6)
 
 
+def test_optimized_module_answers_like_the_artifact(artifacts):
+    """channels_last + freezing (the CPU default for TorchScript) must not change an answer."""
+    requests = [{"body": encode(random_image(40, 30, seed=s), "PNG")} for s in range(5)]
+    plain = Predictor.from_artifact(str(artifacts["clead"]), limits=Limits(optimize=False))
+    fast = Predictor.from_artifact(str(artifacts["clead"]))
+    assert isinstance(fast.module, torch.jit.ScriptModule) and fast.module is not plain.module
+    for a, b in zip(plain.predict(requests), fast.predict(requests)):
+        assert a["label"] == b["label"] and a["probability"] == pytest.approx(b["probability"], abs=1e-6)
+
+
+def test_keep_freed_memory_sets_glibc_thresholds():
+    """Process-wide, so in a child process; the TorchServe and Triton server processes call it."""
+    import platform
+
+    code = "from serving.handler import keep_freed_memory; print(keep_freed_memory())"
+    out = subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, capture_output=True, text=True)
+    assert out.stdout.strip() == str(platform.libc_ver()[0] == "glibc")
+
+
 def test_handler_reads_limits_from_model_config(make_handler, png):
     handler, fake = make_handler(yaml_config={"handler": {"max_bytes": 10, "default_topk": 1}})
     out = json.loads(handler.handle([{"body": png}], fake.for_batch([{}]))[0])
