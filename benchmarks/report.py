@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from statistics import median
 
+import json
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 BUDGETS = {("clead", "pgd-at"): 1.25, ("clead", "trades"): 1.0,  # design budgets, time ratios
@@ -194,14 +195,34 @@ def anchor_section(data: dict) -> str:
     ])
 
 
-def gpu_section(data: dict) -> str:
-    found = cases(data, "train-gpu") + cases(data, "inference-gpu")
+def gpu_section(data: dict, gpu: Optional[tuple[Path, dict]] = None) -> str:
+    """The GPU cases of this run; without any, those of ``gpu`` (a GPU machine's results file)."""
+    found, note = cases(data, "train-gpu") + cases(data, "inference-gpu"), ""
+    if not found and gpu is not None:
+        path, other = gpu
+        found = cases(other, "train-gpu") + cases(other, "inference-gpu")
+        commit = (other.get("commit_info") or {}).get("id", "?")[:12]
+        note = (f"No CUDA device in this run: these are from [`{path.name}`](../benchmarks/results/{path.name}) "
+                f"({other.get('datetime', '?')[:19]}, commit {commit}), made on a GPU machine with "
+                f"`python -m benchmarks.run -k cuda --out benchmarks/results/<date>-<card>-gpu.json`. "
+                "Training step: PreAct ResNet-18 full width, batch 256, 10 attack steps, bf16 autocast; inference: "
+                "the same network at batch 256, channels_last.")
     if not found:
         return ("## 5. GPU cases\n\nCUDA inference at batch 256 (fp32/bf16/fp16) and the bf16 AMP training step "
-                "are marked `gpu` and were skipped: no CUDA device in this run.")
+                "are marked `gpu` and were skipped: no CUDA device in this run, and no `*-gpu.json` results file.")
     rows = [[c["extra_info"]["kind"], c["extra_info"].get("method") or c["extra_info"].get("variant"),
              c["extra_info"].get("dtype", "bf16 autocast"), ips(c), c["extra_info"]["device"]] for c in found]
-    return "\n\n".join(["## 5. GPU cases", table(["case", "what", "dtype", "images/s", "card"], rows)])
+    train = {c["extra_info"]["method"]: ips(c) for c in found if c["extra_info"]["kind"] == "train-gpu"}
+    ratio = (f"C-LEAD / PGD-AT time per step on the GPU at 10 attack steps: **{train['pgd-at'] / train['clead']:.2f}** "
+             "(budget <= 1.25)." if {"pgd-at", "clead"} <= set(train) else "")
+    return "\n\n".join(s for s in ["## 5. GPU cases", note, table(["case", "what", "dtype", "images/s", "card"], rows),
+                                   ratio] if s)
+
+
+def latest_gpu_results(folder: Path) -> Optional[tuple[Path, dict]]:
+    """The newest ``*-gpu.json`` in ``folder`` (GPU cases measured on another machine), if any."""
+    files = sorted(Path(folder).glob("*-gpu.json"))
+    return (files[-1], json.loads(files[-1].read_text())) if files else None
 
 
 # -- plots ----------------------------------------------------------------------------------
@@ -280,9 +301,10 @@ def header(data: dict, source: Path, doc: Path) -> str:
 
 def write_report(data: dict, doc: Path, source: Path) -> Path:
     doc = Path(doc)
+    gpu = latest_gpu_results(Path(source).parent)
     figdir = doc.parent / doc.stem
     sections = [header(data, Path(source), doc), training_section(data), attack_section(data),
-                inference_section(data, figdir), served_section(data, figdir), anchor_section(data), gpu_section(data)]
+                inference_section(data, figdir), served_section(data, figdir), anchor_section(data), gpu_section(data, gpu)]
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text("\n\n".join(s for s in sections if s) + "\n")
     return doc

@@ -55,3 +55,25 @@ def test_front_overhead_table_compares_each_path_with_direct():
                       "front": [run(6.5, 0.4), run(6.0, 0.5), run(9.0, 0.6)]}})
     assert "| 1 | direct | 6.00 | 7.00 | 18.00 | 167 |  |  |" in page
     assert "| 1 | front | 6.50 | 7.50 | 19.50 | 154 | +0.50 ms / +0.50 ms | 0.50 |" in page
+
+
+def test_gpu_section_uses_a_gpu_results_file_when_this_run_had_no_gpu(tmp_path):
+    import json
+
+    from benchmarks.report import gpu_section, latest_gpu_results
+
+    def case(kind, images, median, **info):
+        return {"extra_info": {"kind": kind, "images": images, **info}, "stats": {"median": median}}
+
+    other = {"datetime": "2026-11-27T14:25:08", "commit_info": {"id": "abc123"}, "benchmarks": [
+        case("train-gpu", 256, 0.064, method="pgd-at", device="NVIDIA H200"),
+        case("train-gpu", 256, 0.072, method="clead", device="NVIDIA H200"),
+        case("inference-gpu", 256, 0.002, variant="eager", dtype="fp32", device="NVIDIA H200")]}
+    assert latest_gpu_results(tmp_path) is None
+    (tmp_path / "2026-11-20-h100-gpu.json").write_text(json.dumps({**other, "benchmarks": []}))
+    (tmp_path / "2026-11-27-h200-gpu.json").write_text(json.dumps(other))
+    path, data = latest_gpu_results(tmp_path)
+    assert path.name == "2026-11-27-h200-gpu.json"
+    text = gpu_section({"benchmarks": []}, (path, data))
+    assert "2026-11-27-h200-gpu.json" in text and "NVIDIA H200" in text and "**1.12**" in text
+    assert "were skipped" in gpu_section({"benchmarks": []}, None)
