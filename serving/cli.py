@@ -145,7 +145,8 @@ def resolve_models(args: argparse.Namespace) -> dict[str, Path]:
     if missing:
         raise FileNotFoundError(
             "missing model file(s): " + ", ".join(missing) + ". The shipped models come from training: "
-            "run `make models` (it trains and exports clead and baseline into models/cifar10/), "
+            "run `make study STUDY_ARGS=\"--only Standard,C-LEAD\"` (it trains, selects and exports baseline and "
+            "clead into models/cifar10/: minutes on a GPU, many hours on a CPU), "
             "or serve your own export with --model NAME=path/to/model.pt"
         )
     return models

@@ -40,13 +40,13 @@ def test_archive_cli_refuses_a_tampered_artifact(artifacts, tmp_path, capsys):
 def test_up_without_shipped_models_says_how_to_get_them(tmp_path, capsys):
     assert main(["up", "--models-dir", str(tmp_path), "--workdir", str(tmp_path / "w")]) == 1
     err = capsys.readouterr().err
-    assert "clead.pt" in err and "baseline.pt" in err and "make models" in err
+    assert "clead.pt" in err and "baseline.pt" in err and "make study" in err
     assert not (tmp_path / "w").exists(), "nothing may be started or written when models are missing"
 
 
 def test_triton_without_models_fails_before_any_setup(tmp_path, capsys):
     assert main(["triton", "--models-dir", str(tmp_path)]) == 1
-    assert "make models" in capsys.readouterr().err
+    assert "make study" in capsys.readouterr().err
 
 
 def test_stop_with_nothing_running(tmp_path, capsys):
