@@ -83,3 +83,14 @@ def test_only_pulls_in_the_rows_a_row_needs(tmp_path):
     assert not any(name.endswith(":a") for name in plan.jobs)
     plan = build_plan(Plan(SPEC, tmp_path, "data", ["python"]), {"C-LEAD"})
     assert {"fit:a", "fit:b", "select:C-LEAD", "export:C-LEAD"} <= set(plan.jobs)
+
+
+def test_the_shipped_spec_builds_a_plan(tmp_path):
+    from training.study import load_spec
+
+    spec = load_spec(Path(__file__).resolve().parents[2] / "docs" / "study.yaml")
+    plan = build_plan(Plan(spec, tmp_path, "data", ["python"]))
+    assert {"select:C-LEAD", "export:C-LEAD", "views:C-LEAD fixed views"} <= set(plan.jobs)
+    assert all("," not in row["name"] for row in spec["rows"])  # --only splits on commas
+    ablations = [row for row in spec["rows"] if row.get("role") == "ablation"]
+    assert all(f"fit:{row['name']}" in plan.jobs["select:C-LEAD"].needs for row in ablations)
