@@ -38,7 +38,7 @@ from typing import Callable, Optional
 
 import yaml
 
-from training.study import load_spec
+from training.study import Row, load_row, load_spec, validation_of
 
 SMOKE_FIT = ["--epochs", "1", "--limit", "1024", "--val-n", "100", "--val-attack-steps", "2"]
 SHIP_DIR = Path("models/cifar10")
@@ -98,20 +98,14 @@ def best_of(runs: list[Path]) -> Path:
     """The finished run with the best selection score (val robust acc), ties to clean acc."""
     scored = []
     for run in runs:
-        file = run / "summary.json"
-        if not file.is_file():
+        row = load_row(Row(run.name, "clead", "ablation", run, []))
+        if row.summary is None:
             continue
-        s = json.loads(file.read_text())
-        best = next((h for h in reversed(_history(run)) if h.get("epoch") == s.get("best_epoch")), {})
-        scored.append((s.get("best_score", -1.0), best.get("val_clean_acc", 0.0), run))
+        best = validation_of(row) or {}
+        scored.append((row.summary.get("best_score", -1.0), best.get("val_clean_acc", 0.0), run))
     if not scored:
         raise ValueError("no finished ablation run to select from")
     return max(scored, key=lambda t: (t[0], t[1]))[2]
-
-
-def _history(run: Path) -> list[dict]:
-    file = run / "metrics.jsonl"
-    return [json.loads(line) for line in file.read_text().splitlines() if line.strip()] if file.is_file() else []
 
 
 def _link(link: Path, target: Path) -> None:

@@ -26,10 +26,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from training.attacks import create_attack
-from training.config import parse_eps
+from training.config import AttackConfig, parse_eps
 from training.data import load_split
+from training.evaluation_cli import resolve_device
 from training.export import load_model, sha256_file
+from training.methods import inner_attack
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -46,16 +47,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
-def make_views(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, steps: int,
-               alpha: float | None = None, batch_size: int = 512, device: str | torch.device = "cpu",
-               seed: int = 0, progress: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
-    """PGD (L-inf) views of uint8 ``images`` against ``model``; returns (uint8 views, accuracies)."""
+def make_views(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, attack_cfg: AttackConfig,
+               batch_size: int = 512, device: str | torch.device = "cpu", seed: int = 0,
+               progress: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
+    """Views of uint8 ``images`` against ``model`` by the training-time attack of ``attack_cfg``
+    (FGSM-RS for 1 step, else PGD; L-inf); returns (uint8 views, accuracies)."""
     device = torch.device(device)
     model = model.to(device).eval()
-    if alpha is None:
-        alpha = 1.25 * eps if steps == 1 else 2.5 * eps / steps
-    attack = create_attack("fgsm" if steps == 1 else "pgd", eps=eps, alpha=alpha, random_start=True,
-                           **({} if steps == 1 else {"steps": steps}))
+    attack = inner_attack(attack_cfg)
     torch.manual_seed(seed)
     views = torch.empty_like(images)
     clean = robust = 0
@@ -79,20 +78,19 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
     if not 0 < eps <= 1:
         raise ValueError(f"--eps must be in (0, 1] (pixel units: 8/255), got {args.eps}")
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
+    attack_cfg = AttackConfig(eps=eps, steps=args.steps, alpha=parse_eps(args.alpha) if args.alpha else None)
     model, meta = load_model(args.model)
     data = load_split(args.data, "train", args.cache_dir)
-    alpha = parse_eps(args.alpha) if args.alpha else None
     start = time.perf_counter()
-    views, accuracy = make_views(model, data.images, data.labels, eps, args.steps, alpha, args.batch_size, device,
-                                 args.seed, progress=not args.no_progress)
+    views, accuracy = make_views(model, data.images, data.labels, attack_cfg, args.batch_size,
+                                 resolve_device(args.device), args.seed, progress=not args.no_progress)
     source = Path(args.model)
     blob = {
         "images": views,
         "labels": data.labels.clone(),
         "eps": eps,
         "steps": args.steps,
-        "alpha": alpha if alpha is not None else (1.25 * eps if args.steps == 1 else 2.5 * eps / args.steps),
+        "alpha": attack_cfg.step_size(),
         "seed": args.seed,
         "source_model": str(source),
         "source_sha256": sha256_file(source) if source.is_file() else "",

@@ -14,7 +14,7 @@ from __future__ import annotations
 from torch import nn
 
 from training.attacks import create_attack
-from training.config import TrainConfig
+from training.config import AttackConfig, TrainConfig
 from training.methods.base import Method
 from training.methods.baselines import PGDAT, TRADES, Standard
 from training.methods.clead import CLEAD, CLEADFixed, ProjectionHead
@@ -29,17 +29,16 @@ def method_names() -> list[str]:
     return METHODS.names()
 
 
+def inner_attack(a: AttackConfig):
+    """The training-time attack of ``a``: FGSM with random start for 1 step, else PGD."""
+    kwargs = dict(eps=a.eps, alpha=a.step_size(), norm=a.norm, random_start=True)
+    return create_attack("fgsm", **kwargs) if a.steps == 1 else create_attack("pgd", steps=a.steps, **kwargs)
+
+
 def create_method(model: nn.Module, cfg: TrainConfig) -> Method:
     cls = METHODS.get(cfg.method.name)
-    attack = None
-    if cls.online_attack:
-        a = cfg.attack
-        name = "fgsm" if a.steps == 1 else "pgd"
-        kwargs = dict(eps=a.eps, alpha=a.step_size(), norm=a.norm, random_start=True)
-        if name == "pgd":
-            kwargs["steps"] = a.steps
-        attack = create_attack(name, **kwargs)
+    attack = inner_attack(cfg.attack) if cls.online_attack else None
     return cls(model, cfg.method, attack, cfg.attack, label_smoothing=cfg.optim.label_smoothing)
 
 
-__all__ = ["Method", "METHODS", "create_method", "method_names", "ProjectionHead", "CLEAD", "CLEADFixed", "PGDAT", "TRADES", "Standard"]
+__all__ = ["Method", "METHODS", "create_method", "inner_attack", "method_names", "ProjectionHead", "CLEAD", "CLEADFixed", "PGDAT", "TRADES", "Standard"]
