@@ -184,16 +184,20 @@ def run(args: argparse.Namespace) -> int:
     previous = _previous_report(out / "report.json", info) if args.resume else None
     command = " ".join(["clead-train", *getattr(args, "argv", sys.argv[1:])])
     header = {"model": info, "environment": _environment(device, command)}
-    save = lambda partial: write_json_atomic(out / "report.json", {**header, **partial})  # noqa: E731
-    progress = not args.no_progress
+    # --resume also reuses the curve and the sanity checks when they were made with the same
+    # settings, and keeps those of the previous report that this call does not redo. They are
+    # in every save, so a run killed during a long attack leaves them in report.json.
+    kept = {f"{key}{suffix}": previous.get(f"{key}{suffix}")
+            for key in ("curve", "sanity") if previous and previous.get(key) for suffix in ("", "_settings")}
 
+    def save(partial: dict) -> None:
+        partial["data"].update(source=args.data, split=args.split)
+        write_json_atomic(out / "report.json", {**header, **kept, **partial})
+
+    progress = not args.no_progress
     report = evaluate(model, data, specs, eps, n, args.batch_size, device, args.seed, progress, previous, on_update=save)
     report["data"].update(source=args.data, split=args.split)
-    # --resume also reuses the curve and the sanity checks when they were made with the same
-    # settings, and keeps those of the previous report that this call does not redo.
-    for key in ("curve", "sanity"):
-        if previous and previous.get(key):
-            report[key], report[f"{key}_settings"] = previous[key], previous.get(f"{key}_settings")
+    report.update(kept)
     if not args.no_curve and curve_specs and curve_eps:
         settings = {"eps": list(curve_eps), "n": args.curve_n, "attacks": [c.label for c in curve_specs],
                     "seed": args.seed, "data": report["data"].get("indices_sha1")}

@@ -256,6 +256,40 @@ def test_cli_writes_report_curve_and_resumes(trained_tiny, cifar_root, tmp_path,
 
 
 @pytest.mark.cifar
+def test_an_interrupted_resume_keeps_the_curve_and_sanity_checks(trained_tiny, cifar_root, tmp_path, monkeypatch):
+    """A long attack added with --resume (AutoAttack takes an hour on a CPU) may be killed: the
+    report.json it leaves must still hold what the earlier run measured."""
+    from training import evaluation_cli
+    from training.export import export_artifact
+
+    model, _ = trained_tiny
+    artifact = export_artifact(model, tmp_path / "tiny.pt", {"classes": list(CIFAR10_CLASSES), "method": "standard"})
+    out = tmp_path / "eval"
+    common = ["--model", str(artifact), "--data", str(cifar_root), "--n", "40", "--curve-eps", "0,8", "--curve-n", "20",
+              "--sanity", "--no-sanity-autoattack", "--out", str(out), "--no-progress"]
+    assert _cli(*common, "--attacks", "fgsm") == 0
+    first = json.loads((out / "report.json").read_text())
+    assert first["curve"] and first["sanity"]
+
+    real_evaluate = evaluation_cli.evaluate
+
+    def killed_after_first_save(*args, on_update, **kwargs):
+        def save_then_die(partial):
+            on_update(partial)
+            raise KeyboardInterrupt
+        return real_evaluate(*args, on_update=save_then_die, **kwargs)
+
+    monkeypatch.setattr(evaluation_cli, "evaluate", killed_after_first_save)
+    with pytest.raises(KeyboardInterrupt):
+        _cli(*common, "--attacks", "fgsm,pgd:steps=2", "--resume")
+    left = json.loads((out / "report.json").read_text())
+    assert [r["attack"] for r in left["attacks"]] == ["fgsm"] and left["attacks"][0]["resumed"]
+    for key in ("curve", "curve_settings", "sanity", "sanity_settings"):
+        assert left[key] == first[key], key
+    assert left["data"]["split"] == "test" and left["data"]["source"] == str(cifar_root)
+
+
+@pytest.mark.cifar
 def test_cli_errors_are_actionable(trained_tiny, cifar_root, tmp_path, capsys):
     from training.export import export_artifact
 
