@@ -43,6 +43,7 @@ TARGET_AA, TARGET_CLEAN = 0.38, 0.68  # the shipped C-LEAD model's own targets (
 CLEAN_SLACK = 1.0  # clean accuracy at most this many points below the baseline's
 TOL = 0.02  # slack (fraction of images) for comparisons between randomised attacks, as training.sanity
 NOT_RUN = "not run"
+APGD_PAIR = ("APGD-CE", "APGD-T")  # AutoAttack's first two attacks (columns below)
 
 # Columns of the per-method table: (header, does this report entry belong to the column).
 COLUMNS: list[tuple[str, Callable[[dict], bool]]] = [
@@ -50,6 +51,7 @@ COLUMNS: list[tuple[str, Callable[[dict], bool]]] = [
     ("PGD-20", lambda e: e["attack"] == "pgd" and e["settings"].get("steps") == 20
      and e["settings"].get("restarts", 1) == 1),
     ("CW", lambda e: e["attack"] == "cw"),
+    ("APGD-CE", lambda e: e["attack"] == "apgd-ce"),
     ("APGD-T", lambda e: e["attack"] == "apgd-t"),
     ("AutoAttack", lambda e: e["attack"] == "autoattack"),
 ]
@@ -170,15 +172,39 @@ def clean_of(row: Row) -> Optional[Measure]:
     return Measure(rep["clean"]["accuracy"], rep["clean"]["n"], path, rep["data"].get("indices_sha1", ""))
 
 
+def _in_column(entry: dict, column: str, eps: float) -> bool:
+    return entry.get("norm", "linf") == "linf" and _same_eps(entry["eps"], eps) and dict(COLUMNS)[column](entry)
+
+
 def attack_of(row: Row, column: str, eps: float) -> Optional[Measure]:
     """The column's attack at the study eps (L-inf); the run on the most images if several."""
-    belongs = dict(COLUMNS)[column]
-    found = [(e["n"], path, rep, e) for path, rep in row.reports for e in rep["attacks"]
-             if e.get("norm", "linf") == "linf" and _same_eps(e["eps"], eps) and belongs(e)]
+    found = [(e["n"], path, rep, e) for path, rep in row.reports for e in rep["attacks"] if _in_column(e, column, eps)]
     if not found:
         return None
     _, path, rep, e = max(found, key=lambda t: t[0])
     return Measure(e["accuracy"], e["n"], path, rep["data"].get("indices_sha1", ""))
+
+
+def apgd_pair_of(row: Row, eps: float) -> Optional[Measure]:
+    """Per-image worst case of APGD-CE and APGD-T, AutoAttack's first two attacks: an image
+    counts as robust only if it survived both on the same images (one report's masks)."""
+    best = None
+    for path, rep in row.reports:
+        masks = [next((e["robust_mask"] for e in rep["attacks"] if _in_column(e, column, eps) and e.get("robust_mask")),
+                      None) for column in APGD_PAIR]
+        if None in masks or len(masks[0]) != len(masks[1]) or not masks[0]:
+            continue
+        n = len(masks[0])
+        if best is None or n > best.n:
+            robust = sum(a == b == "1" for a, b in zip(*masks))
+            best = Measure(robust / n, n, path, rep["data"].get("indices_sha1", ""))
+    return best
+
+
+def stand_in(row: Row, eps: float) -> tuple[str, Optional[Measure]]:
+    """Until AutoAttack is measured: the strongest of our attacks it starts with, and its label."""
+    pair = apgd_pair_of(row, eps)
+    return ("APGD-CE + APGD-T", pair) if pair is not None else ("APGD-T", attack_of(row, "APGD-T", eps))
 
 
 def validation_of(row: Row) -> Optional[dict]:
@@ -401,8 +427,8 @@ def summary(main: list[Row], eps: float, findings: list[Finding], fixed: Sequenc
                          f"{tag(ca.accuracy >= TARGET_AA)}), clean {_pct(cc)}% (target >= {100 * TARGET_CLEAN:g}%: "
                          f"{tag(cc.accuracy >= TARGET_CLEAN)}).")
         else:
-            ct = attack_of(clead, "APGD-T", eps)
-            bound = "" if ct is None else (f"; APGD-T alone leaves {_pct(ct)}%, "
+            what, ct = stand_in(clead, eps)
+            bound = "" if ct is None else (f"; {what} {'alone leaves' if what == 'APGD-T' else 'leave'} {_pct(ct)}%, "
                                            + ("already below" if ct.accuracy < TARGET_AA else "above") + " that target")
             lines.append(f"- C-LEAD's own targets: AutoAttack {NOT_RUN} (target >= {100 * TARGET_AA:g}%{bound}); "
                          f"clean {_pct(cc)}% (target >= {100 * TARGET_CLEAN:g}%: {tag(cc.accuracy >= TARGET_CLEAN)}).")
@@ -425,15 +451,21 @@ def summary(main: list[Row], eps: float, findings: list[Finding], fixed: Sequenc
 
 
 def _interim(clead: Optional[Row], base: Optional[Row], label: str, eps: float) -> str:
-    """Until AutoAttack is measured: the same comparison on APGD-T, the strongest attack of ours."""
+    """Until AutoAttack is measured: the same comparison on the strongest of our attacks that
+    AutoAttack starts with (APGD-CE + APGD-T per image if both rows have them, else APGD-T)."""
     if clead is None or base is None:
         return ""
-    ct, bt, cc, bc = attack_of(clead, "APGD-T", eps), attack_of(base, "APGD-T", eps), clean_of(clead), clean_of(base)
+    (what, ct), (base_what, bt) = stand_in(clead, eps), stand_in(base, eps)
+    if what != base_what:
+        what, ct, bt = "APGD-T", attack_of(clead, "APGD-T", eps), attack_of(base, "APGD-T", eps)
+    cc, bc = clean_of(clead), clean_of(base)
     if None in (ct, bt, cc, bc):
         return ""
-    return (f" Meanwhile, on our APGD-T (targeted, 9 classes x 100 steps; AutoAttack runs the same attack and "
-            f"three more, so its accuracy is expected at or below this): C-LEAD {_pct(ct)}% vs {label} {_pct(bt)}% ({_points(ct, bt):+.2f} points, standard error "
-            f"{_stderr_points(ct, bt):.2f}), clean {_pct(cc)}% vs {_pct(bc)}% ({_points(cc, bc):+.2f} points).")
+    how = ("targeted, 9 classes x 100 steps; AutoAttack runs the same attack and three more" if what == "APGD-T" else
+           "an image counts only if it survives both; AutoAttack starts with these two and adds FAB-T and Square")
+    return (f" Meanwhile, on our {what} ({how}, so its accuracy is expected at or below this): C-LEAD {_pct(ct)}% "
+            f"vs {label} {_pct(bt)}% ({_points(ct, bt):+.2f} points, standard error {_stderr_points(ct, bt):.2f}), "
+            f"clean {_pct(cc)}% vs {_pct(bc)}% ({_points(cc, bc):+.2f} points).")
 
 
 def _cost(clead: Row, base: Row) -> str:

@@ -83,9 +83,9 @@ def table_row(markdown: str, name: str) -> list[str]:
 def test_table_numbers_come_from_the_files(tmp_path):
     md, rows, _ = build_study(main_rows(tmp_path), tmp_path)
     cells = table_row(md, "C-LEAD (`clead`)")
-    # clean, FGSM, PGD-20, CW, APGD-T, AutoAttack, images, wall time, epochs, hardware
-    assert cells[1:7] == ["80.00", "58.00", "51.00", "50.00", "48.50", "48.00"]
-    assert cells[7:] == ["1000 / 1000", "2.00 h", "2/2 (best 2)", HW]
+    # clean, FGSM, PGD-20, CW, APGD-CE, APGD-T, AutoAttack, images, wall time, epochs, hardware
+    assert cells[1:8] == ["80.00", "58.00", "51.00", "50.00", "not run", "48.50", "48.00"]
+    assert cells[8:] == ["1000 / 1000", "2.00 h", "2/2 (best 2)", HW]
     assert table_row(md, "PGD-AT (`pgd-at`)")[1] == "80.50"
     assert "Every row has its files." in md and all(not r.missing for r in rows)
 
@@ -126,7 +126,7 @@ def test_unfinished_run_has_no_wall_time_and_no_verdict(tmp_path):
     clead["eval"] = "runs/eval-clead-none"
     md, _, _ = build_study(spec, tmp_path)
     cells = table_row(md, "C-LEAD (`clead`)")
-    assert cells[1] == "not run" and cells[8] == "unfinished (1.7 min so far)" and cells[9] == "1/1, unfinished"
+    assert cells[1] == "not run" and cells[9] == "unfinished (1.7 min so far)" and cells[10] == "1/1, unfinished"
     assert "**No verdict yet**" in md
     assert "runs/cifar10-clead-partial/summary.json: training unfinished (1 epochs logged)" in md
 
@@ -216,6 +216,34 @@ def test_without_autoattack_the_summary_compares_apgd_t_and_the_own_targets(tmp_
     assert "clean 70.00% (target >= 68%: met)" in summary
 
 
+def _with_apgd_masks(root: Path, key: str, ce: str, t: str) -> None:
+    """Give eval-KEY per-image robust masks for APGD-T and an APGD-CE entry, both without AutoAttack."""
+    file = root / "runs" / f"eval-{key}" / "report.json"
+    report = json.loads(file.read_text())
+    n = len(ce)
+    report["attacks"] = [a for a in report["attacks"] if a["attack"] not in ("autoattack", "apgd-t")] + [
+        {**_entry("apgd-ce", ce.count("1") / n, n), "robust_mask": ce},
+        {**_entry("apgd-t", t.count("1") / n, n), "robust_mask": t},
+    ]
+    file.write_text(json.dumps(report))
+
+
+def test_apgd_ce_and_apgd_t_combine_per_image_until_autoattack_is_measured(tmp_path):
+    spec = main_rows(tmp_path, clead_clean=0.70)
+    # 10 images; C-LEAD: each APGD alone leaves 40%, but they break different images: 20% survive both.
+    _with_apgd_masks(tmp_path, "clead", "1111000000", "1100110000")
+    _with_apgd_masks(tmp_path, "pgdat", "1110000000", "1110000000")  # the same 30% survive both
+    md, _, _ = build_study(spec, tmp_path)
+    cells = table_row(md, "C-LEAD (`clead`)")
+    assert cells[5:8] == ["40.00", "40.00", "not run"]
+    summary = md.split("## Summary")[1].split("##")[0]
+    assert "on our APGD-CE + APGD-T (an image counts only if it survives both" in summary
+    assert "C-LEAD 20.00% vs PGD-AT 30.00% (-10.00 points" in summary
+    assert "AutoAttack not run (target >= 38%; APGD-CE + APGD-T leave 20.00%, already below that target)" in summary
+    # TRADES has APGD-T only: that comparison falls back to APGD-T for both.
+    assert "on our APGD-T (targeted" in summary and "C-LEAD 40.00% vs TRADES 46.50%" in summary
+
+
 def test_fixed_views_row_is_compared_with_online_clead(tmp_path):
     spec = main_rows(tmp_path)
     run = write_run(tmp_path, "cifar10-fixed", "clead-fixed", 600.0, [(0.5, 0.1)], best=1)
@@ -223,4 +251,4 @@ def test_fixed_views_row_is_compared_with_online_clead(tmp_path):
     spec["rows"].append({"name": "fixed", "method": "clead-fixed", "run": run, "eval": ev, "role": "fixed-views"})
     md, _, _ = build_study(spec, tmp_path)
     assert "- fixed (control): AutoAttack 3.00% vs 48.00% for C-LEAD" in md and "(-45.00 points)" in md
-    assert table_row(md, "fixed (`clead-fixed`)")[5:7] == ["4.00", "3.00"]
+    assert table_row(md, "fixed (`clead-fixed`)")[6:8] == ["4.00", "3.00"]
