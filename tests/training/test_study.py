@@ -211,6 +211,9 @@ def test_without_autoattack_the_summary_compares_apgd_t_and_the_own_targets(tmp_
     md, _, _ = build_study(spec, tmp_path)
     summary = md.split("## Summary")[1].split("##")[0]
     assert "**No verdict yet**" in summary
+    assert ("Meanwhile C-LEAD is at -9.00 points vs PGD-AT on APGD-T (standard error 2.19), -10.00 points vs TRADES "
+            "on APGD-T (standard error 2.19) (attacks that AutoAttack itself runs), against the study's target of "
+            "+2 points under AutoAttack.") in summary
     assert "on our APGD-T" in summary and "C-LEAD 36.50% vs PGD-AT 45.50% (-9.00 points" in summary
     assert "AutoAttack not run (target >= 38%; APGD-T alone leaves 36.50%, already below that target)" in summary
     assert "clean 70.00% (target >= 68%: met)" in summary
