@@ -196,8 +196,7 @@ def run(args: argparse.Namespace) -> int:
 
     progress = not args.no_progress
     report = evaluate(model, data, specs, eps, n, args.batch_size, device, args.seed, progress, previous, on_update=save)
-    report["data"].update(source=args.data, split=args.split)
-    report.update(kept)
+    report.update(kept)  # save() has already added the data source and split
     if not args.no_curve and curve_specs and curve_eps:
         settings = {"eps": list(curve_eps), "n": args.curve_n, "attacks": [c.label for c in curve_specs],
                     "seed": args.seed, "data": report["data"].get("indices_sha1")}
