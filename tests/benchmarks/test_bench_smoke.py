@@ -27,13 +27,13 @@ def test_report_ratios_pair_the_rounds_of_one_run(tmp_path):
     checked against its budget; a slow round for every method does not move it."""
     from benchmarks.report import training_section
 
-    seconds = {"standard": [0.5, 5.0, 0.5], "pgd-at": [1.0, 10.0, 1.0], "clead": [1.5, 15.0, 1.5],
+    seconds = {"standard": [0.5, 5.0, 0.5], "pgd-at": [1.0, 10.0, 1.0], "clead": [1.6, 16.0, 1.6],
                "trades": [2.0, 20.0, 2.0]}
     page = training_section({"benchmarks": [{"stats": {"median": 1.0}, "extra_info": {
         "kind": "train-interleaved", "steps": 3, "images": 8, "seconds": seconds}}]})
-    assert "| C-LEAD / PGD-AT | 3 | 1.50 | <= 1.25 | **no** |" in page
-    assert "| C-LEAD / TRADES | 3 | 0.750 | <= 1.0 | yes |" in page
-    assert "| clead | 3 | 5.33 | 1,500 | 3 |" in page  # 8 images / median 1.5 s
+    assert "| C-LEAD / PGD-AT | 3 | 1.60 | 1.50 | <= 1.25 | **no** |" in page  # floor: (1 + 0.5) / 1
+    assert "| C-LEAD / TRADES | 3 | 0.800 | – | <= 1.0 | yes |" in page
+    assert "| clead | 3 | 5.00 | 1,600 | 3 |" in page  # 8 images / median 1.6 s
 
 
 def test_interleaved_training_case_runs_at_smoke_scale(tmp_path):
