@@ -65,5 +65,14 @@ def model_from_checkpoint(path: str | os.PathLike, prefer: str = BEST) -> tuple[
         std=state["std"],
         **state.get("model_kwargs", {}),
     )
-    model.load_state_dict(state["model"])
+    model.load_state_dict(selected_weights(state))
     return model.eval(), state
+
+
+def selected_weights(state: dict[str, Any]) -> dict[str, Any]:
+    """The classifier weights a checkpoint selects: its own, or their EMA when the run's
+    validation chose the average (``state["selected"] == "ema"``)."""
+    if state.get("selected") != "ema":
+        return state["model"]
+    prefix = "averaged.module."
+    return {k[len(prefix):]: v for k, v in state["ema"].items() if k.startswith(prefix)}

@@ -54,10 +54,14 @@ class AttackConfig:
     alpha: Optional[float] = None  # step size in pixel units; default 1.25*eps for 1 step, else 2.5*eps/steps
     norm: str = "linf"  # "linf" or "l2"
     mode: str = "train"  # model mode while attacking: "train" (batch stats, as Wong/Rice) or "eval"
+    kind: str = "auto"  # auto: FGSM-RS for 1 step, PGD otherwise | n-fgsm (de Jorge et al. 2022, 1 step)
+    noise: float = 2.0  # n-fgsm: noise drawn from U(-noise*eps, noise*eps), never projected back
 
     def step_size(self) -> float:
         if self.alpha is not None:
             return self.alpha
+        if self.kind == "n-fgsm":
+            return self.eps  # de Jorge et al.: step eps from a noise point, no projection
         return 1.25 * self.eps if self.steps == 1 else 2.5 * self.eps / self.steps
 
 
@@ -75,6 +79,10 @@ class MethodConfig:
     clead_inner: str = "ce"  # what the inner attack maximises: ce | contrastive | sum
     clead_views: str = "separate"  # forward clean and adv as two batches (separate) or one (joint, as SimCLR)
     clead_clean_grad: bool = True  # backpropagate through the clean view; False = stop-gradient target (cheaper)
+    clead_embed: str = "head"  # embedding of the contrastive loss: head (projection MLP) | features (penultimate, Bui et al. 2021)
+    clead_kl: float = 0.0  # weight of the consistency term KL(p_clean || p_adv) beside the contrastive one (0 = off)
+    clead_target: str = "online"  # clean-view encoder: online (the model itself) | ema (momentum copy, BYOL/MoCo)
+    clead_target_decay: float = 0.99  # ema target: per-step decay of the momentum encoder
 
 
 @dataclass
@@ -86,6 +94,7 @@ class OptimConfig:
     schedule: str = "onecycle"  # onecycle (linear up then down, Wong et al. 2020) | cosine (with warmup)
     warmup: float = 0.4  # fraction of all steps spent rising linearly to the peak lr (0.4 = Wong et al.)
     label_smoothing: float = 0.0  # off by default: it can mask gradients and inflate robustness
+    ema_decay: Optional[float] = None  # per-step decay of a weight average (e.g. 0.999); None = off
     grad_clip: Optional[float] = None  # max global grad norm, None = off
 
 
@@ -100,7 +109,7 @@ class TrainConfig:
     out: str = "runs/default"  # run directory: checkpoints, metrics.jsonl, config.yaml
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
+    amp: str = "auto"  # auto (bf16 on CUDA and on CPUs with native bf16, else off) | bf16 | fp16 | off
     channels_last: Optional[bool] = None  # None = on for CUDA
     compile: bool = False  # torch.compile the model
     val_n: Optional[int] = 500  # validation images attacked each epoch (None = the whole split)
@@ -131,6 +140,10 @@ def validate(cfg: TrainConfig) -> None:
     check(a.eps <= 1, "--eps", f"must be <= 1 (pixel units: write 8/255, not 8), got {a.eps}")
     check(a.norm in ("linf", "l2"), "--attack-norm", f"must be linf or l2, got {a.norm!r}")
     check(a.mode in ("train", "eval"), "--attack-mode", f"must be train or eval, got {a.mode!r}")
+    check(a.kind in ("auto", "n-fgsm"), "--attack-kind", f"must be auto or n-fgsm, got {a.kind!r}")
+    check(a.kind != "n-fgsm" or (a.steps == 1 and a.norm == "linf"), "--attack-kind",
+          f"n-fgsm is a single L-inf step: use --attack-steps 1 --attack-norm linf (got {a.steps} steps, {a.norm})")
+    check(a.noise >= 0, "--attack-noise", f"must be >= 0, got {a.noise}")
     if m.name in ADVERSARIAL:
         check(a.steps >= 1, "--attack-steps", f"must be >= 1 for the adversarial method {m.name!r}, got {a.steps}")
         check(a.eps > 0, "--eps", f"must be > 0 for the adversarial method {m.name!r}")
@@ -152,6 +165,13 @@ def validate(cfg: TrainConfig) -> None:
     check(m.clead_views in ("joint", "separate"), "--clead-views", f"must be joint or separate, got {m.clead_views!r}")
     check(m.clead_clean_grad or m.clead_ce_on == "adv", "--no-clead-clean-grad",
           f"stops gradients through the clean view, so it needs --ce-on adv (got {m.clead_ce_on!r})")
+    check(m.clead_embed in ("head", "features"), "--clead-embed", f"must be head or features, got {m.clead_embed!r}")
+    check(m.clead_kl >= 0, "--clead-kl", f"must be >= 0, got {m.clead_kl}")
+    check(m.clead_target in ("online", "ema"), "--clead-target", f"must be online or ema, got {m.clead_target!r}")
+    check(0 < m.clead_target_decay < 1, "--clead-target-decay", f"must be in (0, 1), got {m.clead_target_decay}")
+    check(m.clead_target == "online" or m.clead_ce_on == "adv", "--clead-target",
+          f"an ema target embeds the clean view without gradients, so it needs --ce-on adv (got {m.clead_ce_on!r})")
+    check(o.ema_decay is None or 0 < o.ema_decay < 1, "--ema-decay", f"must be in (0, 1), got {o.ema_decay}")
     check(o.optimizer in ("sgd", "adamw"), "--optimizer", f"must be sgd or adamw, got {o.optimizer!r}")
     check(o.schedule in ("onecycle", "cosine"), "--schedule", f"must be onecycle or cosine, got {o.schedule!r}")
     check(o.lr > 0, "--lr", f"must be > 0, got {o.lr}")

@@ -35,8 +35,11 @@ def checkpoint_metadata(state: dict, name: str, version: str) -> dict:
         "train_eps": cfg["attack"]["eps"] if cfg["method"]["name"] != "standard" else 0.0,
         "train_attack": cfg["attack"],
         "epochs": state["epoch"],
+        "weights": state.get("selected", "model"),  # "ema": the run's weight average was exported
+        "recipe": {"optim": cfg["optim"], "batch_size": cfg["data"]["batch_size"], "amp": cfg.get("amp"),
+                   "model": cfg["model"]},
         "metrics": {k: v for k, v in state.get("metrics", {}).items()
-                    if k.startswith("val_") or k in ("train_acc", "wall_seconds")},
+                    if k.startswith(("val_", "ema_val_")) or k in ("train_acc", "wall_seconds")},
         "git_commit": state.get("git_commit"),
         "versions": state.get("versions"),
     }

@@ -9,11 +9,13 @@ distributed setup; it never knows which method it runs (the method is a task, se
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import random
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Optional
@@ -27,6 +29,7 @@ from training import config as C
 from training.attacks import create_attack
 from training.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
 from training.data import BatchLoader, ImageSet, load_train_val
+from training.ema import WeightEMA
 from training.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed, params_in_sync
 from training.export import write_json_atomic
 from training.methods import Method, create_method
@@ -55,6 +58,8 @@ FLAGS: list[tuple[str, str, Any, str]] = [
     ("--attack-alpha", "attack.alpha", C.parse_fraction, "inner attack step size, e.g. 2/255"),
     ("--attack-norm", "attack.norm", str, "linf | l2"),
     ("--attack-mode", "attack.mode", str, "model mode while attacking: train | eval"),
+    ("--attack-kind", "attack.kind", str, "inner attack: auto (FGSM-RS at 1 step, else PGD) | n-fgsm"),
+    ("--attack-noise", "attack.noise", float, "n-fgsm noise radius in units of eps (2)"),
     ("--beta", "method.trades_beta", float, "TRADES beta"),
     ("--clead-loss", "method.clead_loss", str, "C-LEAD contrastive loss: ntxent | supcon"),
     ("--tau", "method.clead_tau", float, "C-LEAD temperature"),
@@ -63,6 +68,10 @@ FLAGS: list[tuple[str, str, Any, str]] = [
     ("--ce-on", "method.clead_ce_on", str, "C-LEAD cross-entropy on: adv | clean | both"),
     ("--inner", "method.clead_inner", str, "C-LEAD inner objective: ce | contrastive | sum"),
     ("--clead-views", "method.clead_views", str, "C-LEAD forward of clean and adv: separate | joint (one batch)"),
+    ("--clead-embed", "method.clead_embed", str, "C-LEAD embedding: head (projection MLP) | features (penultimate)"),
+    ("--clead-kl", "method.clead_kl", float, "C-LEAD weight of the KL(clean || adv) consistency term (0 = off)"),
+    ("--clead-target", "method.clead_target", str, "C-LEAD clean-view encoder: online | ema (momentum encoder)"),
+    ("--clead-target-decay", "method.clead_target_decay", float, "C-LEAD momentum encoder decay per step"),
     ("--fixed-views", "data.views", str, "clead-fixed: file of precomputed adversarial views (clead-train views)"),
     ("--optimizer", "optim.optimizer", str, "sgd | adamw"),
     ("--lr", "optim.lr", float, "peak learning rate"),
@@ -71,6 +80,7 @@ FLAGS: list[tuple[str, str, Any, str]] = [
     ("--schedule", "optim.schedule", str, "onecycle | cosine"),
     ("--warmup", "optim.warmup", float, "fraction of steps rising to the peak lr"),
     ("--label-smoothing", "optim.label_smoothing", float, "label smoothing (default 0)"),
+    ("--ema-decay", "optim.ema_decay", float, "weight EMA decay per step, e.g. 0.999 (default off)"),
     ("--grad-clip", "optim.grad_clip", float, "max gradient norm"),
     ("--val-n", "val_n", int, "validation images attacked per epoch"),
     ("--val-attack-steps", "val_attack_steps", int, "PGD steps of the validation attack"),
@@ -132,12 +142,28 @@ def lr_factor(step: int, total: int, schedule: str, warmup: float) -> float:
 
 
 def amp_dtype(cfg: C.TrainConfig, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype of ``cfg.amp``. ``auto`` is bf16 on CUDA; on a CPU it is bf16 only
+    where the CPU has native bf16 (``amp.cpu_bf16_native``) and a timed step confirms it is
+    faster (``Trainer.probe_cpu_amp``), so this returns ``None`` and the probe decides."""
     choice = cfg.amp
     if choice == "auto":
         choice = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "off"
-    if choice != "off" and device.type != "cuda":
-        raise ValueError(f"invalid option --amp: {choice} needs a CUDA device (this run is on {device})")
+    if choice == "fp16" and device.type != "cuda":
+        raise ValueError(f"invalid option --amp: fp16 needs a CUDA device (this run is on {device}); "
+                         "on a CPU use bf16")
+    if choice == "bf16" and device.type == "cpu" and not cpu_bf16_native():
+        warnings.warn("--amp bf16 on a CPU without native bf16 (no avx512_bf16/amx_bf16): it is emulated and "
+                      "usually slower than fp32", stacklevel=2)
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(choice)
+
+
+def cpu_bf16_native() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX), from /proc/cpuinfo."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
 
 
 class Trainer:
@@ -145,6 +171,7 @@ class Trainer:
         self.cfg, self.dist, self.device = cfg, dist_info, device
         self.out = Path(cfg.out)
         self.dtype = amp_dtype(cfg, device)
+        self.amp_probe: Optional[dict[str, float]] = None
         self.channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
 
     # -- setup ------------------------------------------------------------------------------
@@ -157,11 +184,13 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.method: Method = create_method(self.model, cfg).to(self.device)
         o = cfg.optim
+        trainable = [p for p in self.method.parameters() if p.requires_grad]  # not a momentum encoder
         if o.optimizer == "sgd":
-            self.optimizer = torch.optim.SGD(self.method.parameters(), lr=o.lr, momentum=o.momentum,
+            self.optimizer = torch.optim.SGD(trainable, lr=o.lr, momentum=o.momentum,
                                              weight_decay=o.weight_decay, nesterov=o.momentum > 0)
         else:
-            self.optimizer = torch.optim.AdamW(self.method.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+            self.optimizer = torch.optim.AdamW(trainable, lr=o.lr, weight_decay=o.weight_decay)
+        self.ema = WeightEMA(self.model, o.ema_decay) if o.ema_decay else None
         self.loader = BatchLoader(train, cfg.data.batch_size, self.device, shuffle=True, augment=cfg.data.augment,
                                   padding=cfg.data.crop_padding, drop_last=len(train) >= 2 * cfg.data.batch_size,
                                   seed=cfg.seed, rank=self.dist.rank, world_size=self.dist.world_size)
@@ -205,6 +234,9 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
+            self.method.after_step()
+            if self.ema is not None:
+                self.ema.update(self.model)
             n = y.shape[0]
             seen += n
             correct += int((out["logits"].argmax(1) == y).sum())
@@ -222,25 +254,62 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self, val: ImageSet) -> dict[str, float]:
-        """Clean and PGD accuracy (training eps) on this rank's shard of the validation set."""
+        """Clean, FGSM and PGD accuracy (training eps) on this rank's shard of the validation
+        set, for the model and, when weights are averaged, for the average (``ema_val_*``)."""
         if len(val) == 0:
             return {}
+        val = val.head(self.cfg.val_n)
+        metrics = self._validate_one(self.model, val, "val")
+        if self.ema is not None:
+            metrics.update(self._validate_one(self.ema.module, val, "ema_val"))
+        return metrics
+
+    def _validate_one(self, model: nn.Module, val: ImageSet, prefix: str) -> dict[str, float]:
         cfg = self.cfg
-        val = val.head(cfg.val_n)
-        self.model.eval()
+        model.eval()
         loader = BatchLoader(val, cfg.data.eval_batch_size, self.device, rank=self.dist.rank,
                              world_size=self.dist.world_size)
         eps = cfg.attack.eps if cfg.attack.eps > 0 else 8 / 255
-        attack = create_attack("pgd", eps=eps, steps=cfg.val_attack_steps, norm=cfg.attack.norm)
-        n = clean = robust = 0
+        pgd = create_attack("pgd", eps=eps, steps=cfg.val_attack_steps, norm=cfg.attack.norm)
+        fgsm = create_attack("fgsm", eps=eps, norm=cfg.attack.norm)  # for catastrophic overfitting
+        n = clean = robust = fgsm_ok = 0
         for x, y in loader:
-            clean += int((self.model(x).argmax(1) == y).sum())
+            clean += int((model(x).argmax(1) == y).sum())
             with self.autocast():
-                x_adv = attack(self.model, x, y)
-            robust += int((self.model(x_adv).argmax(1) == y).sum())
+                x_adv, x_fgsm = pgd(model, x, y), fgsm(model, x, y)
+            robust += int((model(x_adv).argmax(1) == y).sum())
+            fgsm_ok += int((model(x_fgsm).argmax(1) == y).sum())
             n += y.shape[0]
-        n, clean, robust = all_reduce_sum([n, clean, robust], self.device)
-        return {"val_clean_acc": clean / n, "val_robust_acc": robust / n, "val_n": int(n), "val_eps": eps}
+        n, clean, robust, fgsm_ok = all_reduce_sum([n, clean, robust, fgsm_ok], self.device)
+        return {f"{prefix}_clean_acc": clean / n, f"{prefix}_robust_acc": robust / n, f"{prefix}_fgsm_acc": fgsm_ok / n,
+                "val_n": int(n), "val_eps": eps}
+
+    def score(self, metrics: dict[str, Any]) -> tuple[float, str]:
+        """The selection score of an epoch and whose weights earn it: the model's, or their
+        average's when that validates better (the average is then what best.pt exports)."""
+        score = metrics.get(self.selection, metrics["train_acc"])
+        ema_score = metrics.get(f"ema_{self.selection}")
+        if ema_score is not None and ema_score > score:
+            return ema_score, "ema"
+        return score, "model"
+
+    def probe_cpu_amp(self, x: torch.Tensor, y: torch.Tensor, repeats: int = 2) -> None:
+        """``--amp auto`` on a CPU with native bf16: time a forward and backward pass in fp32 and
+        under bf16 autocast on a copy of the model and keep bf16 only if it is faster (how much
+        it gains varies between CPUs, so it is measured, not assumed)."""
+        model = copy.deepcopy(self.model).train()
+        times: dict[str, float] = {}
+        for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+            ctx = (lambda: torch.autocast("cpu", dtype=dtype)) if dtype else nullcontext
+            for i in range(repeats + 1):  # the first pass warms up
+                start = time.perf_counter()
+                with ctx():
+                    loss = nn.functional.cross_entropy(model(x).float(), y)
+                loss.backward()
+                if i:
+                    times[name] = min(times.get(name, math.inf), time.perf_counter() - start)
+        self.dtype = torch.bfloat16 if times["bf16"] < times["fp32"] else None
+        self.amp_probe = {**{f"{k}_step_s": v for k, v in times.items()}, "chosen": "bf16" if self.dtype else "fp32"}
 
     # -- state ----------------------------------------------------------------------------
     def rng_states(self) -> list[dict[str, Any]]:
@@ -272,6 +341,8 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "selected": metrics.get("selected_weights", "model"),  # whose weights best.pt exports
             "rng": rng,
             "git_commit": git_commit(),
             "versions": versions(),
@@ -283,6 +354,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         self.epoch, self.best, self.history = state["epoch"], state["best"], list(state["history"])
         rng = state["rng"][min(self.dist.rank, len(state["rng"]) - 1)]
         torch.set_rng_state(rng["cpu"])
@@ -315,12 +388,17 @@ def _fit(cfg: C.TrainConfig, dist_info: DistInfo, device: torch.device, command:
     train, val = load_train_val(cfg.data)
     trainer = Trainer(cfg, dist_info, device)
     trainer.build(train)
+    if cfg.amp == "auto" and device.type == "cpu" and cpu_bf16_native():
+        x, y = next(iter(BatchLoader(train.head(cfg.data.batch_size), cfg.data.batch_size, device)))
+        trainer.probe_cpu_amp(x, y)
     if cfg.resume:
         trainer.load(load_checkpoint(out / LAST, map_location=device))
     else:
         torch.manual_seed(cfg.seed * 1000 + dist_info.rank)  # independent attack noise per rank
     info = {"command": command, "git_commit": git_commit(), "versions": versions(),
-            "hardware": hardware(device, dist_info.world_size), "train_images": len(train), "val_images": len(val)}
+            "hardware": hardware(device, dist_info.world_size), "train_images": len(train), "val_images": len(val),
+            "amp": str(trainer.dtype).replace("torch.", "") if trainer.dtype else "fp32",
+            **({"amp_probe": trainer.amp_probe} if trainer.amp_probe else {})}
     if cfg.resume and (out / "run.json").is_file():
         # Keep the command that started the run; record the resumptions beside it.
         first = json.loads((out / "run.json").read_text())
@@ -341,7 +419,11 @@ def _fit(cfg: C.TrainConfig, dist_info: DistInfo, device: torch.device, command:
         trainer.epoch += 1
         metrics.update(epoch=trainer.epoch, ranks_in_sync=params_in_sync(trainer.method, device),
                        wall_seconds=wall_before + time.perf_counter() - wall_start)
-        score = metrics.get(trainer.selection, metrics["train_acc"])
+        score, metrics["selected_weights"] = trainer.score(metrics)
+        metrics["catastrophic_overfitting"] = catastrophic_overfitting(trainer.history, metrics)
+        if metrics["catastrophic_overfitting"] and dist_info.is_main:
+            print(f"warning: catastrophic overfitting at epoch {trainer.epoch}: validation PGD accuracy fell to "
+                  f"{metrics['val_robust_acc']:.3f} while FGSM accuracy is {metrics['val_fgsm_acc']:.3f}", file=sys.stderr)
         improved = score > trainer.best
         if improved:
             trainer.best, stale = score, 0
@@ -372,6 +454,18 @@ def _fit(cfg: C.TrainConfig, dist_info: DistInfo, device: torch.device, command:
     return summary
 
 
+def catastrophic_overfitting(history: list[dict[str, Any]], metrics: dict[str, Any]) -> bool:
+    """Catastrophic overfitting of single-step AT (Wong et al. 2020): robust (PGD) validation
+    accuracy collapses to under half its best while FGSM accuracy holds or rises, i.e. the
+    model has learnt to defeat the single-step attack only."""
+    past = [h for h in history if "val_robust_acc" in h and "val_fgsm_acc" in h]
+    if not past or "val_fgsm_acc" not in metrics:
+        return False
+    best = max(past, key=lambda h: h["val_robust_acc"])
+    return (best["val_robust_acc"] >= 0.1 and metrics["val_robust_acc"] < 0.5 * best["val_robust_acc"]
+            and metrics["val_fgsm_acc"] >= best["val_fgsm_acc"] - 0.02)
+
+
 def _best_epoch(history: list[dict[str, Any]]) -> Optional[int]:
     best = [h["epoch"] for h in history if h.get("best")]
     return best[-1] if best else None
@@ -381,5 +475,9 @@ def _epoch_line(m: dict[str, Any]) -> str:
     parts = [f"epoch {m['epoch']}", f"loss {m.get('train_loss', float('nan')):.4f}", f"train_acc {m['train_acc']:.4f}"]
     if "val_clean_acc" in m:
         parts += [f"val_clean {m['val_clean_acc']:.4f}", f"val_robust {m['val_robust_acc']:.4f}"]
+    if "ema_val_clean_acc" in m:
+        parts += [f"ema_clean {m['ema_val_clean_acc']:.4f}", f"ema_robust {m['ema_val_robust_acc']:.4f}"]
+    if m.get("catastrophic_overfitting"):
+        parts.append("CATASTROPHIC OVERFITTING")
     parts += [f"{m['images_per_s']:.0f} img/s", f"lr {m['lr']:.4g}"]
     return " | ".join(parts) + (" *" if m.get("best") else "")

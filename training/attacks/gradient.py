@@ -109,3 +109,35 @@ class CWMargin(PGD):
 
     def default_objective(self) -> Objective:
         return margin_objective
+
+
+class NFGSM(Attack):
+    """N-FGSM (de Jorge et al. 2022, "Make Some Noise: Reliable and Efficient Single-Step
+    Adversarial Training"): a step of size ``alpha`` (default eps) from a point drawn from
+    U(-noise*eps, noise*eps), with neither the noise nor the step projected back to the
+    eps-ball. The larger noise keeps single-step training clear of catastrophic overfitting
+    without early stopping, at FGSM's cost.
+
+    A training-time attack only: its perturbation reaches (noise + 1) * eps by design, so it
+    is not in the evaluation registry (every attack there stays inside the eps-ball).
+    """
+
+    name = "n-fgsm"
+    supported_norms = ("linf",)
+
+    def __init__(self, eps: float = 8 / 255, alpha: Optional[float] = None, noise: float = 2.0) -> None:
+        super().__init__(eps, "linf", targeted=False)
+        if noise < 0:
+            raise ValueError(f"noise must be >= 0 (in units of eps), got {noise}")
+        self.alpha = float(alpha) if alpha is not None else self.eps
+        self.noise = float(noise)
+        self.bound = self.noise * self.eps + self.alpha  # the largest L-inf perturbation it makes
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, objective: Objective) -> torch.Tensor:
+        x_noisy = (x + torch.empty_like(x).uniform_(-self.noise * self.eps, self.noise * self.eps)).clamp(0, 1)
+        _, grad = self.grad_of(objective, model, x_noisy, y)
+        return x_noisy + self.alpha * grad.sign()
+
+    def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Only the [0, 1] box and the attack's own bound: no projection to the eps-ball."""
+        return (x + (x_adv - x).clamp(-self.bound, self.bound)).clamp(0.0, 1.0)

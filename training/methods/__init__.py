@@ -14,6 +14,7 @@ from __future__ import annotations
 from torch import nn
 
 from training.attacks import create_attack
+from training.attacks.gradient import NFGSM
 from training.config import AttackConfig, TrainConfig
 from training.methods.base import Method
 from training.methods.baselines import PGDAT, TRADES, Standard
@@ -30,7 +31,10 @@ def method_names() -> list[str]:
 
 
 def inner_attack(a: AttackConfig):
-    """The training-time attack of ``a``: FGSM with random start for 1 step, else PGD."""
+    """The training-time attack of ``a``: N-FGSM if asked, else FGSM with random start for 1
+    step, else PGD."""
+    if a.kind == "n-fgsm":
+        return NFGSM(eps=a.eps, alpha=a.step_size(), noise=a.noise)
     kwargs = dict(eps=a.eps, alpha=a.step_size(), norm=a.norm, random_start=True)
     return create_attack("fgsm", **kwargs) if a.steps == 1 else create_attack("pgd", steps=a.steps, **kwargs)
 

@@ -43,6 +43,9 @@ class Method(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor, **extra: torch.Tensor) -> dict[str, Any]:
         raise NotImplementedError
 
+    def after_step(self) -> None:
+        """Called by the loop after every optimiser step (e.g. to move a momentum encoder)."""
+
     def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
         return self(x, y, **self.perturb(x, y))
 

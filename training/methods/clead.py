@@ -12,8 +12,12 @@ a fixed, precomputed set:
 The paper leaves the details open; each is an option (see ``MethodConfig``):
 ``clead_loss`` ntxent | supcon, ``clead_tau``, ``clead_weight`` (lambda),
 ``clead_proj_dim``, ``clead_ce_on`` adv | clean | both, ``clead_inner`` ce |
-contrastive | sum, ``clead_views`` separate | joint (two forwards, or one over both views)
-and ``clead_clean_grad`` (gradients through the clean view, or a stop-gradient target). The head is training-only: the exported model is the classifier.
+contrastive | sum, ``clead_views`` separate | joint (two forwards, or one over both views),
+``clead_clean_grad`` (gradients through the clean view, or a stop-gradient target),
+``clead_embed`` head | features (a projection head, or the penultimate features themselves),
+``clead_kl`` (a KL consistency term beside the contrastive one) and ``clead_target`` online |
+ema (the clean view embedded by the model itself or by a momentum encoder). The head and the
+momentum encoder are training-only: the exported model is the classifier.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from torch import nn
 
 from training.attacks import Attack
 from training.config import AttackConfig, MethodConfig
+from training.ema import WeightEMA
 from training.losses import ntxent_loss, pair_contrastive_per_sample, supcon_loss
 from training.methods.base import Method
 
@@ -42,6 +47,15 @@ class ProjectionHead(nn.Module):
         return F.normalize(self.net(features.float()), dim=1)
 
 
+class FeatureEmbedding(nn.Module):
+    """No projection head: the unit-normalised penultimate features are the embedding, as in
+    adversarial supervised contrastive learning (Bui et al. 2021, "Understanding and Achieving
+    Efficient Robustness with Adversarial Supervised Contrastive Learning")."""
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(features.float(), dim=1)
+
+
 class CLEAD(Method):
     name = "clead"
     adversarial = True
@@ -50,15 +64,34 @@ class CLEAD(Method):
     def __init__(self, model: nn.Module, cfg: MethodConfig, attack: Optional[Attack], attack_cfg: AttackConfig,
                  label_smoothing: float = 0.0) -> None:
         super().__init__(model, cfg, attack, attack_cfg, label_smoothing)
-        self.head = ProjectionHead(model.feature_dim, cfg.clead_proj_dim)
+        self.head = ProjectionHead(model.feature_dim, cfg.clead_proj_dim) if cfg.clead_embed == "head" else FeatureEmbedding()
+        # The momentum encoder (BYOL, Grill et al. 2020; MoCo, He et al. 2020): an EMA copy of
+        # classifier and head that embeds the clean view without gradients, so the target moves
+        # slowly and the stop-gradient is a real teacher rather than the online model itself.
+        self.target = (WeightEMA(nn.ModuleDict({"model": model, "head": self.head}), cfg.clead_target_decay)
+                       if cfg.clead_target == "ema" else None)
+
+    def after_step(self) -> None:
+        if self.target is not None:
+            self.target.update(nn.ModuleDict({"model": self.model, "head": self.head}))
+
+    @torch.no_grad()
+    def clean_target(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, embedding) of the clean view without gradients: from the momentum encoder
+        when there is one, else from the online model."""
+        if self.target is not None:
+            model, head = self.target.module["model"], self.target.module["head"]
+        else:
+            model, head = self.model, self.head
+        features = model.forward_features(x)
+        return model.forward_head(features), head(features)
 
     # -- inner maximisation ---------------------------------------------------------------
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         inner = self.cfg.clead_inner
         if inner == "ce":
             return {"x_adv": self.run_attack(x, y)}
-        with torch.no_grad():
-            z_clean = self.head(self.model.forward_features(x))
+        _, z_clean = self.clean_target(x)
         tau, weight = self.cfg.clead_tau, self.cfg.clead_weight
 
         def objective(model, x_adv, y_):
@@ -72,45 +105,46 @@ class CLEAD(Method):
 
     # -- outer minimisation ---------------------------------------------------------------
     def forward(self, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor = None, **extra) -> dict[str, Any]:
-        if not self.cfg.clead_clean_grad:
+        if self.target is not None or not self.cfg.clead_clean_grad:
             # Stop-gradient on the clean view (as BYOL/SimSiam treat their target view): the
             # adversarial view is pulled to a fixed clean embedding and the clean pass needs no
             # backward, which brings the step close to PGD-AT's cost. CE on the clean view is
             # then not trainable, so it needs --ce-on adv.
-            with torch.no_grad():
-                f_clean = self.model.forward_features(x)
+            logits_clean, z_clean = self.clean_target(x)
             f_adv = self.model.forward_features(x_adv)
-        elif self.cfg.clead_views == "joint":
-            # One pass over the 2N views, as contrastive learners batch their views (SimCLR):
-            # BatchNorm sees clean and adversarial images together.
-            f_clean, f_adv = self.model.forward_features(torch.cat([x, x_adv])).chunk(2)
+            logits_adv, z_adv = self.model.forward_head(f_adv), self.head(f_adv)
         else:
-            f_clean, f_adv = self.model.forward_features(x), self.model.forward_features(x_adv)
-        logits_clean = self.model.forward_head(f_clean)
-        logits_adv = self.model.forward_head(f_adv)
-        z_clean, z_adv = self.head(f_clean), self.head(f_adv)
+            if self.cfg.clead_views == "joint":
+                # One pass over the 2N views, as contrastive learners batch their views (SimCLR):
+                # BatchNorm sees clean and adversarial images together.
+                f_clean, f_adv = self.model.forward_features(torch.cat([x, x_adv])).chunk(2)
+            else:
+                f_clean, f_adv = self.model.forward_features(x), self.model.forward_features(x_adv)
+            logits_clean, logits_adv = self.model.forward_head(f_clean), self.model.forward_head(f_adv)
+            z_clean, z_adv = self.head(f_clean), self.head(f_adv)
         if self.cfg.clead_loss == "supcon":
             con = supcon_loss(z_clean, z_adv, y, self.cfg.clead_tau)
         else:
             con = ntxent_loss(z_clean, z_adv, self.cfg.clead_tau)
-        ce_on = self.cfg.clead_ce_on
         ce_adv = self.ce(logits_adv, y)
         ce_clean = self.ce(logits_clean, y)
-        ce = {"adv": ce_adv, "clean": ce_clean, "both": 0.5 * (ce_adv + ce_clean)}[ce_on]
+        ce = {"adv": ce_adv, "clean": ce_clean, "both": 0.5 * (ce_adv + ce_clean)}[self.cfg.clead_ce_on]
         loss = ce + self.cfg.clead_weight * con
-        return {
-            "loss": loss,
-            "logits": logits_adv,
-            "ce_adv": ce_adv.detach(),
-            "ce_clean": ce_clean.detach(),
-            "contrastive": con.detach(),
-        }
+        parts = {"ce_adv": ce_adv.detach(), "ce_clean": ce_clean.detach(), "contrastive": con.detach()}
+        if self.cfg.clead_kl > 0:
+            # Output consistency beside the embedding one (TRADES' KL(p_clean || p_adv); Bui et
+            # al. 2021 pair it with their contrastive term too).
+            kl = F.kl_div(F.log_softmax(logits_adv.float(), 1), F.softmax(logits_clean.float(), 1), reduction="batchmean")
+            loss = loss + self.cfg.clead_kl * kl
+            parts["kl"] = kl.detach()
+        return {"loss": loss, "logits": logits_adv, **parts}
 
     def settings(self) -> dict[str, Any]:
         c = self.cfg
         return {"loss": c.clead_loss, "tau": c.clead_tau, "weight": c.clead_weight,
                 "proj_dim": c.clead_proj_dim, "ce_on": c.clead_ce_on, "inner": c.clead_inner, "views": c.clead_views,
-                "clean_grad": c.clead_clean_grad}
+                "clean_grad": c.clead_clean_grad, "embed": c.clead_embed, "kl": c.clead_kl, "target": c.clead_target,
+                **({"target_decay": c.clead_target_decay} if c.clead_target == "ema" else {})}
 
 
 class CLEADFixed(CLEAD):
