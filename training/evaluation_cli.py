@@ -21,7 +21,8 @@ import torch
 from training.config import parse_eps
 from training.data import ImageSet
 from training.evaluation import (
-    DEFAULT_ATTACKS, balanced_subset, evaluate, fmt_eps, parse_attacks, parse_n, robustness_curve, valid_attack_names,
+    DEFAULT_ATTACKS, balanced_subset, evaluate, fmt_eps, optimize_for_attack, parse_attacks, parse_n, robustness_curve,
+    valid_attack_names,
 )
 from training.runinfo import git_commit
 from training.third_party import THIRD_PARTY, torchattacks_version
@@ -131,6 +132,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-sanity-autoattack", action="store_true",
                    help="leave AutoAttack out of --sanity (by far its slowest check on a CPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--freeze", action=argparse.BooleanOptionalAction, default=False,
+                   help="fold BatchNorm into the convolutions of a TorchScript model first (same logits to 1e-4, checked)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False,
+                   help="run the model in channels_last (NHWC) layout (same logits to 1e-4, checked)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--update-metadata", action="store_true",
                    help="write the measured accuracies into the artifact's metadata JSON (metrics)")
 
@@ -176,14 +182,18 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model, meta = load_model(args.model)
     info = describe_model(args.model, meta)
     size = (meta.get("input_size") or [3, 32, 32])[-1]
     data = load_split(args.data, args.split, args.cache_dir, size)
+    model, execution = optimize_for_attack(model.to(device), data.images[:64].to(device).float() / 255,
+                                           args.freeze, args.channels_last)
     _check_classes(info.get("classes"), data)
     previous = _previous_report(out / "report.json", info) if args.resume else None
     command = " ".join(["clead-train", *getattr(args, "argv", sys.argv[1:])])
-    header = {"model": info, "environment": _environment(device, command)}
+    header = {"model": info, "environment": {**_environment(device, command), "execution": execution}}
     # --resume also reuses the curve and the sanity checks when they were made with the same
     # settings, and keeps those of the previous report that this call does not redo. They are
     # in every save, so a run killed during a long attack leaves them in report.json.

@@ -362,3 +362,65 @@ def test_update_metadata_keeps_the_largest_clean_run_and_records_attacks(trained
     assert metrics["attack_n"] == {"fgsm": 200, "pgd_steps_3": 50} and metrics["n"] == 200
     assert 0 <= metrics["pgd_steps_3_acc"] <= 1 and metrics["split"] == "test"
     assert meta["sha256"] == sha == sha256_file(artifact)  # the model file is untouched
+
+
+@pytest.mark.cifar
+@pytest.mark.slow
+def test_staged_autoattack_matches_torchattacks_multiattack(trained_tiny):
+    """Our stage loop is MultiAttack's rule: the same images broken, the same adversarials."""
+    model, test = trained_tiny
+    x = test.images[:40].float().div(255)
+    y = test.labels[:40]
+    aa = build_attack(parse_attacks("autoattack:steps=3:queries=30")[0], 1 / 255, n_classes=10)
+    ours = aa(model, x, y)
+    reference = aa.build(model)(x, y)
+    assert torch.equal(ours, reference)
+    stages = aa.stage_log
+    assert [s["attack"] for s in stages][0] == "apgd-ce"
+    assert stages[0]["images"] == 40 and all(s["seconds"] >= 0 for s in stages)
+    # Each stage attacks exactly what the earlier ones left robust.
+    for before, after in zip(stages, stages[1:]):
+        assert after["images"] == before["images"] - before["broken"]
+
+
+@pytest.mark.cifar
+@pytest.mark.slow
+def test_autoattack_report_records_each_stage(trained_tiny):
+    model, test = trained_tiny
+    report = evaluate(model, test, "autoattack:steps=3:queries=30", eps=1 / 255, n=30, progress=True, batch_size=16)
+    (aa,) = report["attacks"]
+    stages = aa["stages"]
+    assert stages[0]["attack"] == "apgd-ce"
+    clean_correct = int(round(report["clean"]["accuracy"] * 30))
+    assert stages[0]["images"] == clean_correct
+    survivors = stages[-1]["images"] - stages[-1]["broken"]
+    if len(stages) == 4:  # every stage ran: what the last one left is the robust count
+        assert survivors == int(round(aa["accuracy"] * 30))
+
+
+@pytest.mark.cifar
+@pytest.mark.parametrize("freeze, channels_last", [(True, False), (False, True), (True, True)])
+def test_optimized_model_computes_the_same_function(trained_tiny, tmp_path, freeze, channels_last):
+    from training.evaluation import optimize_for_attack
+    from training.export import export_artifact, load_model
+
+    model, test = trained_tiny
+    scripted, _ = load_model(export_artifact(model, tmp_path / "m.pt", {"classes": list(CIFAR10_CLASSES)}))
+    x = test.images[:32].float() / 255
+    fast, info = optimize_for_attack(scripted, x, freeze=freeze, channels_last=channels_last)
+    assert info["frozen"] == freeze and info["channels_last"] == channels_last
+    x_new = test.images[32:64].float() / 255
+    with torch.no_grad():
+        assert torch.allclose(fast(x_new), scripted(x_new), atol=1e-4)
+    # Still differentiable with respect to the input, so white-box attacks run on it.
+    x_req = x_new.clone().requires_grad_(True)
+    fast(x_req).sum().backward()
+    assert x_req.grad is not None and x_req.grad.abs().sum() > 0
+
+
+def test_freeze_refuses_a_model_that_is_not_torchscript():
+    from training.evaluation import optimize_for_attack
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2))
+    with pytest.raises(ValueError, match="TorchScript"):
+        optimize_for_attack(model, torch.rand(2, 3, 2, 2), freeze=True)
