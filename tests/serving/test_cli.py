@@ -91,3 +91,11 @@ def test_stop_leaves_a_reused_front_pid_alone(tmp_path):
     assert stop_front(os.getpid()) is False  # this pytest process is not a front
     write_record(tmp_path, {"pid": 2**22 + 1, "pgid": 2**22 + 1, "front_pid": os.getpid()})
     assert stop_instance(tmp_path) is False and not (tmp_path / "server.json").exists()
+
+
+def test_metrics_port_speaks_prometheus_with_the_handlers_metrics(tmp_path):
+    """Log mode, TorchServe's default, answers the metrics port with an empty body."""
+    props = dict(line.split("=", 1) for line in ServerConfig(upstream_port=9090).properties(tmp_path / "store")
+                 .splitlines())
+    assert props["metrics_mode"] == "prometheus"
+    assert props["metrics_config"] == str(tmp_path / "metrics.yaml")
