@@ -339,6 +339,29 @@ def test_triton_refuses_a_bad_image_like_torchserve(triton, tmp_path):
     assert answer["code"] == 415 and "not a JPEG" in answer["message"]
 
 
+def test_open_inference_protocol_with_plain_requests(torchserve, triton, tmp_path):
+    """examples/oip_client.py, the KServe v2 request a user writes by hand, in both encodings."""
+    paths = []
+    for i, data in enumerate([images(1)[0], encode(random_image(64, 48, seed=4), "JPEG")]):
+        paths.append(tmp_path / f"{i}.img")
+        paths[-1].write_bytes(data)
+    for mode in ([], ["--binary"]):
+        out = subprocess.run([sys.executable, "examples/oip_client.py", "--url", f"http://{triton.url}",
+                              "--model", "baseline", "--topk", "3", *mode, *map(str, paths)],
+                             cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stdout + out.stderr
+        for path, line in zip(paths, out.stdout.splitlines()):
+            answer, expected = json.loads(line), torchserve.client.predict(path, "baseline", topk=3)
+            assert answer["image"] == str(path) and answer["label"] == expected["label"]
+            assert answer["topk"] == pytest.approx(expected["topk"], abs=1e-5)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"these are notes, not a picture\n")
+    out = subprocess.run([sys.executable, "examples/oip_client.py", "--url", f"http://{triton.url}", str(bad)],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and out.stdout, out.stdout + out.stderr
+    assert json.loads(out.stdout)["code"] == 415
+
+
 # -- metrics (Prometheus text on each engine's metrics port) ----------------------------------
 def scrape(url: str) -> dict[tuple[str, frozenset], float]:
     """``{(name, labels): value}`` from a Prometheus text exposition."""
