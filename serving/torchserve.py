@@ -66,6 +66,11 @@ class ServerConfig:
     # (TorchServe would decode such a body as a form); TorchServe then listens on upstream_port.
     front: bool = True
     upstream_port: int = 0  # TorchServe's own inference port behind the front; 0: a free one at start
+    # Where the inference port (the front's, or TorchServe's with front=False) and the metrics port
+    # listen. 127.0.0.1 keeps them on this machine; a container sets 0.0.0.0 so that its port
+    # mapping, Service or probes reach them. Management and gRPC always stay on ``host``.
+    public_host: str = "127.0.0.1"
+    metrics_host: str = "127.0.0.1"
 
     @property
     def inference_url(self) -> str:
@@ -98,9 +103,10 @@ class ServerConfig:
     def properties(self, model_store: Path, metrics_config: Path | None = None) -> str:
         """config.properties; ``metrics_config`` defaults to ``metrics.yaml`` beside ``model_store``."""
         props = {
-            "inference_address": self.torchserve_inference_url,
+            "inference_address": self.torchserve_inference_url if self.front
+            else f"http://{self.public_host}:{self.inference_port}",
             "management_address": self.management_url,
-            "metrics_address": f"http://{self.host}:{self.metrics_port}",
+            "metrics_address": f"http://{self.metrics_host}:{self.metrics_port}",
             "grpc_inference_address": self.host,
             "grpc_inference_port": self.grpc_inference_port,
             "grpc_management_address": self.host,
@@ -234,7 +240,7 @@ class TorchServe:
     def start_front(self) -> subprocess.Popen:
         """``python -m serving.front`` on the inference port, relaying to TorchServe's own."""
         cfg = self.config
-        cmd = [sys.executable, "-m", "serving.front", "--host", cfg.host, "--port", str(cfg.inference_port),
+        cmd = [sys.executable, "-m", "serving.front", "--host", cfg.public_host, "--port", str(cfg.inference_port),
                "--upstream", cfg.torchserve_inference_url, "--max-request-bytes", str(cfg.max_request_bytes)]
         env = dict(os.environ)
         # Importable also when this project runs from a checkout without being installed.
