@@ -117,6 +117,9 @@ def serve(models: dict[str, str | Path], config: TritonServeConfig | None = None
         http_address=config.host, http_port=config.http_port,
         grpc_address=config.host, grpc_port=config.grpc_port,
         metrics_port=config.metrics_port, exit_on_error=True,
+        # Latency quantiles (nv_inference_request_summary_us{quantile=...}) beside the running totals,
+        # so that a p99 can be alerted on (docs/metrics.md).
+        metrics_config=["summary_latencies=true"],
     )
     with Triton(config=triton_config) as triton:
         for name, predictor in predictors.items():

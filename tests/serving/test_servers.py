@@ -434,6 +434,10 @@ def test_triton_metrics_count_requests(triton, tmp_path):
     assert after, f"nv_inference_request_success did not move: {scrape(triton.metrics_url)}"
     assert value(after, "nv_inference_count", model="baseline") - value(before, "nv_inference_count",
                                                                         model="baseline") == 2
+    # summary_latencies is on: request-duration quantiles for a p99 alert (deploy/prometheus/alerts.yaml)
+    assert value(after, "nv_inference_request_summary_us_count", model="baseline") - value(
+        before, "nv_inference_request_summary_us_count", model="baseline") == 2
+    assert value(after, "nv_inference_request_summary_us", model="baseline", quantile="0.99") > 0
     assert value(after, "nv_inference_request_success", model="clead") == value(
         before, "nv_inference_request_success", model="clead")
 
