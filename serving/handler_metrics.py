@@ -56,18 +56,19 @@ class TimedPredictor(Predictor):
         self.last: dict[str, float] = {}
         super().__init__(*args, **kwargs)
 
-    def forward(self, batch):  # noqa: ANN001 - same signature as Predictor.forward
+    # *args / **kwargs: whatever Predictor's signatures are, this only wraps them with a clock.
+    def forward(self, *args: Any, **kwargs: Any):
         start = time.perf_counter()
         try:
-            return super().forward(batch)
+            return super().forward(*args, **kwargs)
         finally:
             self.forward_s += time.perf_counter() - start
 
-    def predict(self, requests, topk_values=None, rejected=None) -> list[dict]:  # noqa: ANN001
+    def predict(self, *args: Any, **kwargs: Any) -> list[dict]:
         self.forward_s = 0.0
         self.last = {}
         start = time.perf_counter()
-        responses = super().predict(requests, topk_values, rejected)
+        responses = super().predict(*args, **kwargs)
         total = time.perf_counter() - start
         self.last = {"forward_s": self.forward_s, "decode_s": max(total - self.forward_s, 0.0)}
         return responses
