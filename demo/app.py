@@ -214,11 +214,23 @@ def _pick(samples: list[Sample]):
     return pick
 
 
+def default_key_file() -> Path:
+    """``runs/serve/key_file.json`` of the working directory (where `make serve` runs), else of this checkout."""
+    from demo.remote import DEFAULT_KEY_FILE
+
+    return DEFAULT_KEY_FILE if DEFAULT_KEY_FILE.is_file() else REPO / DEFAULT_KEY_FILE
+
+
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="clead-demo", description=__doc__.splitlines()[0])
     p.add_argument("--baseline", type=Path, default=SHIPPED["baseline"], help="exported baseline artifact")
     p.add_argument("--hardened", type=Path, default=SHIPPED["hardened"], help="exported hardened (C-LEAD) artifact")
     p.add_argument("--server", default=None, help="fetch predictions from this TorchServe URL, e.g. http://127.0.0.1:8080")
+    p.add_argument("--key", default=None,
+                   help="TorchServe inference key for --server (default: the inference key of --key-file)")
+    p.add_argument("--key-file", type=Path, default=None,
+                   help="TorchServe's key_file.json for --server (default: runs/serve/key_file.json, "
+                        "where `make serve` writes it); reread on every request")
     p.add_argument("--server-names", default=None,
                    help="model names on the server as BASELINE,HARDENED (default: each artifact's metadata name)")
     p.add_argument("--port", type=int, default=7860, help="port on 127.0.0.1")
@@ -240,8 +252,16 @@ def main(argv: Optional[list[str]] = None) -> None:
     if args.server:
         from demo.remote import RemotePredictor
 
+        from demo.remote import RemoteError
+
         names = dict(zip(lab.ROLES, args.server_names.split(","))) if args.server_names else None
-        predict = RemotePredictor(args.server, names)
+        predict = RemotePredictor(args.server, names, key=args.key, key_file=args.key_file or default_key_file())
+        try:
+            predict.check(models)
+            print(f"clead-demo: {args.server} answers for both models ({predict.key_source()})", file=sys.stderr)
+        except RemoteError as err:
+            # Not fatal: the server may still be starting; every attack reports the same error.
+            print(f"clead-demo: warning: {err}", file=sys.stderr)
     data = args.data or default_data_dir()
     try:
         samples, note = load_samples(data, per_class=args.per_class), ""

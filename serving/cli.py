@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="config, logs, key file, model store")
     up.add_argument("--inference-port", type=int, default=8080,
                     help="where clients send predictions (the front's port; TorchServe's own with --no-front)")
+    up.add_argument("--host", default="127.0.0.1",
+                    help="address the inference port listens on (0.0.0.0 in a container); TorchServe's "
+                         "management and gRPC ports always stay on 127.0.0.1")
+    up.add_argument("--metrics-host", default="127.0.0.1",
+                    help="address the metrics port listens on (0.0.0.0 for a Prometheus outside the container)")
     up.add_argument("--management-port", type=int, default=8081)
     up.add_argument("--metrics-port", type=int, default=8082)
     up.add_argument("--grpc-inference-port", type=int, default=7070)
@@ -162,6 +167,7 @@ def cmd_up(args: argparse.Namespace, argv: list[str]) -> int:
         grpc_management_port=args.grpc_management_port, token_auth=not args.no_token_auth,
         token_expiration_min=args.token_expiration_min, archive=archive_config_from(args),
         front=not args.no_front, upstream_port=args.upstream_port,
+        public_host=args.host, metrics_host=args.metrics_host,
     )
     server = TorchServe(models, config)
     print(f"building archives and starting TorchServe in {server.workdir} ...", flush=True)

@@ -8,6 +8,8 @@ Every instance lives in its own work folder (``runs/serve`` by default)::
     tmp/                TMPDIR and TEMP: TorchServe keeps its PID file and its worker sockets
                         there, so two instances (tests, a second user) never share them
     key_file.json       written by TorchServe (token authorization), mode 0600
+    metrics.yaml        metrics_config: TorchServe's default metrics plus the handler's own
+                        (serving/handler_metrics.py), served in Prometheus format on the metrics port
     server.json         our record of the running instance, read by ``clead-serve stop``
 
 With the front on (the default), ``serving/front.py`` listens on the inference port and
@@ -34,9 +36,11 @@ from pathlib import Path
 from typing import Any
 
 from serving.archive import ArchiveConfig, build_archive
+from serving.handler_metrics import write_metrics_config
 
 SERVER_RECORD = "server.json"
 KEY_FILE = "key_file.json"
+METRICS_CONFIG = "metrics.yaml"
 
 
 class ServerError(RuntimeError):
@@ -62,6 +66,11 @@ class ServerConfig:
     # (TorchServe would decode such a body as a form); TorchServe then listens on upstream_port.
     front: bool = True
     upstream_port: int = 0  # TorchServe's own inference port behind the front; 0: a free one at start
+    # Where the inference port (the front's, or TorchServe's with front=False) and the metrics port
+    # listen. 127.0.0.1 keeps them on this machine; a container sets 0.0.0.0 so that its port
+    # mapping, Service or probes reach them. Management and gRPC always stay on ``host``.
+    public_host: str = "127.0.0.1"
+    metrics_host: str = "127.0.0.1"
 
     @property
     def inference_url(self) -> str:
@@ -91,11 +100,13 @@ class ServerConfig:
     def management_url(self) -> str:
         return f"http://{self.host}:{self.management_port}"
 
-    def properties(self, model_store: Path) -> str:
+    def properties(self, model_store: Path, metrics_config: Path | None = None) -> str:
+        """config.properties; ``metrics_config`` defaults to ``metrics.yaml`` beside ``model_store``."""
         props = {
-            "inference_address": self.torchserve_inference_url,
+            "inference_address": self.torchserve_inference_url if self.front
+            else f"http://{self.public_host}:{self.inference_port}",
             "management_address": self.management_url,
-            "metrics_address": f"http://{self.host}:{self.metrics_port}",
+            "metrics_address": f"http://{self.metrics_host}:{self.metrics_port}",
             "grpc_inference_address": self.host,
             "grpc_inference_port": self.grpc_inference_port,
             "grpc_management_address": self.host,
@@ -109,6 +120,9 @@ class ServerConfig:
             "max_request_size": self.max_request_bytes,
             "max_response_size": 1024 * 1024,
             "default_workers_per_model": self.archive.workers,
+            # Prometheus text on the metrics port (the default, log mode, answers it with an empty body).
+            "metrics_mode": "prometheus",
+            "metrics_config": metrics_config or Path(model_store).parent / METRICS_CONFIG,
             "vmargs": f"-Xmx{self.java_heap} -XX:+ExitOnOutOfMemoryError",
         }
         return "".join(f"{k}={v}\n" for k, v in props.items())
@@ -184,6 +198,7 @@ class TorchServe:
         (self.workdir / KEY_FILE).unlink(missing_ok=True)
         archives = [build_archive(path, name, self.workdir / "model_store", config=cfg.archive)
                     for name, path in self.models.items()]
+        write_metrics_config(self.workdir / METRICS_CONFIG)
         (self.workdir / "config.properties").write_text(cfg.properties(self.workdir / "model_store"))
         return archives
 
@@ -225,7 +240,7 @@ class TorchServe:
     def start_front(self) -> subprocess.Popen:
         """``python -m serving.front`` on the inference port, relaying to TorchServe's own."""
         cfg = self.config
-        cmd = [sys.executable, "-m", "serving.front", "--host", cfg.host, "--port", str(cfg.inference_port),
+        cmd = [sys.executable, "-m", "serving.front", "--host", cfg.public_host, "--port", str(cfg.inference_port),
                "--upstream", cfg.torchserve_inference_url, "--max-request-bytes", str(cfg.max_request_bytes)]
         env = dict(os.environ)
         # Importable also when this project runs from a checkout without being installed.

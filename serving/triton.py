@@ -13,6 +13,8 @@ it into the same error as TorchServe's 4xx. Run inside the Triton environment
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 import os
@@ -54,7 +56,7 @@ def make_infer_fn(predictor: Predictor) -> Callable[[list], list[dict[str, np.nd
             ks = topk.reshape(-1).tolist() if topk is not None else [None] * len(images)
             if len(ks) != len(images):
                 ks = [ks[0]] * len(images)
-            payloads.extend({"data": _raw_bytes(image)} for image in images)
+            payloads.extend({"data": _image_bytes(image)} for image in images)
             topks.extend(ks)
             counts.append(len(images))
         responses = predictor.predict(payloads, topks)
@@ -66,6 +68,20 @@ def make_infer_fn(predictor: Predictor) -> Callable[[list], list[dict[str, np.nd
         return outputs
 
     return infer
+
+
+def _image_bytes(value: Any) -> bytes:
+    """The encoded image of one BYTES element: raw (binary tensor data, what tritonclient sends), or
+    base64 text, the only way a plain-JSON v2 / Open Inference Protocol request can carry binary.
+    An image file is not strict base64 (JPEG and PNG start with non-ASCII bytes; GIF, BMP and WebP
+    headers hold binary sizes), so a raw file is not mistaken for base64 text."""
+    raw = _raw_bytes(value)
+    if raw.isascii():
+        try:
+            return base64.b64decode(raw, validate=True)
+        except binascii.Error:
+            pass
+    return raw
 
 
 def _raw_bytes(value: Any) -> bytes:
@@ -101,6 +117,9 @@ def serve(models: dict[str, str | Path], config: TritonServeConfig | None = None
         http_address=config.host, http_port=config.http_port,
         grpc_address=config.host, grpc_port=config.grpc_port,
         metrics_port=config.metrics_port, exit_on_error=True,
+        # Latency quantiles (nv_inference_request_summary_us{quantile=...}) beside the running totals,
+        # so that a p99 can be alerted on (docs/metrics.md).
+        metrics_config=["summary_latencies=true"],
     )
     with Triton(config=triton_config) as triton:
         for name, predictor in predictors.items():

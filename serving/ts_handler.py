@@ -22,6 +22,7 @@ from serving.artifact import ArtifactError
 from serving.handler import (
     TOPK_HEADER, TOPK_PARAM, Limits, Predictor, RequestError, dumps, is_error, keep_freed_memory,
 )
+from serving.handler_metrics import TimedPredictor, record_batch, record_failure
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class CleadHandler(BaseHandler):
         artifact = model_dir / serialized if serialized else self._find_artifact(model_dir)
         config = (getattr(context, "model_yaml_config", None) or {}).get("handler", {}) or {}
         limits = Limits(**{k: v for k, v in config.items() if k in Limits.__dataclass_fields__})
-        self.predictor = Predictor.from_artifact(
+        self.predictor: Predictor = TimedPredictor.from_artifact(
             str(artifact),
             gpu_id=props.get("gpu_id"),
             name=getattr(context, "model_name", None) or model_info.get("modelName"),
@@ -65,7 +66,12 @@ class CleadHandler(BaseHandler):
         headers = [self._headers(idx, context) for idx in range(len(data))]
         topks = [self._topk(request, h) for request, h in zip(data, headers)]
         rejected = [self._form_encoded(h) for h in headers]
-        responses = self.predictor.predict(data, topks, rejected)
+        try:
+            responses = self.predictor.predict(data, topks, rejected)
+        except Exception:
+            record_failure(getattr(context, "metrics", None), self.predictor, len(data))  # counted, then TorchServe's 5xx
+            raise
+        record_batch(getattr(context, "metrics", None), self.predictor, responses)
         # Under a request envelope (KServe) ``data`` holds the instances of one request, so
         # there may be more entries than HTTP requests to set a status on.
         for idx, response in enumerate(responses[: len(context.request_processor or [])]):

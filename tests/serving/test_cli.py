@@ -91,3 +91,37 @@ def test_stop_leaves_a_reused_front_pid_alone(tmp_path):
     assert stop_front(os.getpid()) is False  # this pytest process is not a front
     write_record(tmp_path, {"pid": 2**22 + 1, "pgid": 2**22 + 1, "front_pid": os.getpid()})
     assert stop_instance(tmp_path) is False and not (tmp_path / "server.json").exists()
+
+
+def test_metrics_port_speaks_prometheus_with_the_handlers_metrics(tmp_path):
+    """Log mode, TorchServe's default, answers the metrics port with an empty body."""
+    props = dict(line.split("=", 1) for line in ServerConfig(upstream_port=9090).properties(tmp_path / "store")
+                 .splitlines())
+    assert props["metrics_mode"] == "prometheus"
+    assert props["metrics_config"] == str(tmp_path / "metrics.yaml")
+
+
+def test_host_flags_open_only_inference_and_metrics(tmp_path, monkeypatch):
+    """--host / --metrics-host (0.0.0.0 in the containers of deploy/): management and gRPC stay on loopback."""
+    import subprocess
+
+    from serving.cli import build_parser
+    from serving.torchserve import TorchServe
+
+    args = build_parser().parse_args(["up", "--host", "0.0.0.0", "--metrics-host", "0.0.0.0"])
+    assert (args.host, args.metrics_host) == ("0.0.0.0", "0.0.0.0")
+    assert build_parser().parse_args(["up"]).host == "127.0.0.1"  # default: this machine only
+    server = TorchServe({}, ServerConfig(workdir=tmp_path, public_host="0.0.0.0", metrics_host="0.0.0.0"))
+    props = dict(line.split("=", 1) for line in server.config.properties(tmp_path).splitlines())
+    assert props["inference_address"].startswith("http://127.0.0.1:")  # TorchServe itself, behind the front
+    assert props["metrics_address"].startswith("http://0.0.0.0:")
+    assert props["management_address"].startswith("http://127.0.0.1:")
+    assert props["grpc_inference_address"] == props["grpc_management_address"] == "127.0.0.1"
+    (tmp_path / "logs").mkdir()
+    started = []
+    monkeypatch.setattr(subprocess, "Popen", lambda cmd, **kw: started.append(cmd))
+    server.start_front()
+    assert started[0][started[0].index("--host") + 1] == "0.0.0.0"
+    bare = ServerConfig(workdir=tmp_path, front=False, public_host="0.0.0.0")
+    assert dict(line.split("=", 1) for line in bare.properties(tmp_path).splitlines())[
+        "inference_address"] == "http://0.0.0.0:8080"

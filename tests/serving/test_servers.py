@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -87,6 +88,7 @@ def torchserve(artifacts, tmp_path_factory):
     server.torchserve_url = read_record(workdir)["torchserve_inference_url"]  # TorchServe itself, behind it
     server.ports = list(ports.values()) + [int(server.torchserve_url.rsplit(":", 1)[1])]
     server.client = TorchServeClient(server.url, key_file=workdir / "key_file.json")
+    server.metrics_url = f"http://127.0.0.1:{ports['--metrics-port']}/metrics"
     yield server
     server.interrupt()
     stop_instance(workdir, timeout_s=30)  # safety net; a no-op when Ctrl-C worked
@@ -97,13 +99,14 @@ def triton(artifacts):
     from serving.tritonenv import ensure_env
 
     ensure_env()  # one-time venv; done here so the server's own wait below stays short
-    http = free_port()
+    http, metrics = free_port(), free_port()
     cmd = [sys.executable, "-m", "serving.cli", "triton",
            "--model", f"clead={artifacts['clead']}", "--model", f"baseline={artifacts['baseline']}",
-           "--http-port", str(http), "--grpc-port", str(free_port()), "--metrics-port", str(free_port()),
+           "--http-port", str(http), "--grpc-port", str(free_port()), "--metrics-port", str(metrics),
            "--max-queue-delay-us", "200000"]
     server = ServerProcess(cmd, "Triton is ready", timeout_s=180)
     server.url = f"127.0.0.1:{http}"
+    server.metrics_url = f"http://127.0.0.1:{metrics}/metrics"
     server.children = server_children(server.proc.pid)
     yield server
     server.interrupt()
@@ -334,6 +337,109 @@ def test_triton_refuses_a_bad_image_like_torchserve(triton, tmp_path):
     bad.write_bytes(b"\xff\xd8\xff garbage")
     answer = triton_predict(triton, [bad])[0]
     assert answer["code"] == 415 and "not a JPEG" in answer["message"]
+
+
+def test_open_inference_protocol_with_plain_requests(torchserve, triton, tmp_path):
+    """examples/oip_client.py, the KServe v2 request a user writes by hand, in both encodings."""
+    paths = []
+    for i, data in enumerate([images(1)[0], encode(random_image(64, 48, seed=4), "JPEG")]):
+        paths.append(tmp_path / f"{i}.img")
+        paths[-1].write_bytes(data)
+    for mode in ([], ["--binary"]):
+        out = subprocess.run([sys.executable, "examples/oip_client.py", "--url", f"http://{triton.url}",
+                              "--model", "baseline", "--topk", "3", *mode, *map(str, paths)],
+                             cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stdout + out.stderr
+        for path, line in zip(paths, out.stdout.splitlines()):
+            answer, expected = json.loads(line), torchserve.client.predict(path, "baseline", topk=3)
+            assert answer["image"] == str(path) and answer["label"] == expected["label"]
+            assert answer["topk"] == pytest.approx(expected["topk"], abs=1e-5)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"these are notes, not a picture\n")
+    out = subprocess.run([sys.executable, "examples/oip_client.py", "--url", f"http://{triton.url}", str(bad)],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and out.stdout, out.stdout + out.stderr
+    assert json.loads(out.stdout)["code"] == 415
+
+
+# -- metrics (Prometheus text on each engine's metrics port) ----------------------------------
+def scrape(url: str) -> dict[tuple[str, frozenset], float]:
+    """``{(name, labels): value}`` from a Prometheus text exposition."""
+    resp = requests.get(url, timeout=30)
+    assert resp.status_code == 200 and resp.text.strip(), f"{url}: {resp.status_code}, {len(resp.text)} bytes"
+    samples = {}
+    for line in resp.text.splitlines():
+        match = re.match(r'^([A-Za-z_:][\w:]*)(?:\{(.*)\})?\s+(\S+)', line)
+        if match and not line.startswith("#"):
+            labels = frozenset(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
+            samples[(match.group(1), labels)] = float(match.group(3))
+    return samples
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    """Sum of ``name`` over the series carrying ``labels`` (0 when there is none yet)."""
+    want = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
+
+
+def wait_for(check, timeout_s: float = 30.0):
+    """Backend metrics reach TorchServe's frontend through the worker's log: poll briefly."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(0.5)
+
+
+def test_torchserve_metrics_count_requests_errors_batches_and_times(torchserve):
+    series = {  # what to compare before and after: (metric, labels)
+        "requests": ("CleadRequests", {"ModelName": "baseline"}),
+        "errors": ("CleadRequestErrors", {"ModelName": "baseline", "ErrorType": "UnsupportedMediaType"}),
+        "images_forwarded": ("CleadBatchSize_sum", {"ModelName": "baseline"}),
+        "forward_passes": ("CleadForwardSeconds_count", {"ModelName": "baseline"}),
+        "decodes": ("CleadDecodeSeconds_count", {"ModelName": "baseline"}),
+        "frontend_requests": ("ts_inference_requests_total", {"model_name": "baseline"}),
+        "clead_errors": ("CleadRequestErrors", {"ModelName": "clead"}),
+    }
+    before = scrape(torchserve.metrics_url)
+    results = torchserve.client.predict_many([*images(3), b"not an image"], "baseline", concurrency=4)
+    assert sum(isinstance(r, PredictionError) for r in results) == 1
+
+    def moved():
+        after = scrape(torchserve.metrics_url)
+        delta = {k: value(after, name, **labels) - value(before, name, **labels) for k, (name, labels) in series.items()}
+        return delta if delta["requests"] >= 4 and delta["frontend_requests"] >= 4 else None
+
+    delta = wait_for(moved)
+    assert delta, f"the metrics did not move: {scrape(torchserve.metrics_url)}"
+    assert delta["requests"] == delta["frontend_requests"] == 4  # three images and the bad one, on both sides
+    assert delta["errors"] == 1 and delta["clead_errors"] == 0  # by error type, per model
+    assert delta["images_forwarded"] == 3  # every good image went through exactly one forward pass
+    assert 1 <= delta["forward_passes"] <= 3 and delta["forward_passes"] <= delta["decodes"] <= 4  # one per batch
+
+
+def test_triton_metrics_count_requests(triton, tmp_path):
+    path = tmp_path / "one.png"
+    path.write_bytes(images(1)[0])
+    before = scrape(triton.metrics_url)
+    triton_predict(triton, [path, path], "baseline")
+
+    def moved():
+        after = scrape(triton.metrics_url)
+        return (value(after, "nv_inference_request_success", model="baseline")
+                - value(before, "nv_inference_request_success", model="baseline")) >= 2 and after
+
+    after = wait_for(moved, timeout_s=15)  # Triton updates its counters when a request completes
+    assert after, f"nv_inference_request_success did not move: {scrape(triton.metrics_url)}"
+    assert value(after, "nv_inference_count", model="baseline") - value(before, "nv_inference_count",
+                                                                        model="baseline") == 2
+    # summary_latencies is on: request-duration quantiles for a p99 alert (deploy/prometheus/alerts.yaml)
+    assert value(after, "nv_inference_request_summary_us_count", model="baseline") - value(
+        before, "nv_inference_request_summary_us_count", model="baseline") == 2
+    assert value(after, "nv_inference_request_summary_us", model="baseline", quantile="0.99") > 0
+    assert value(after, "nv_inference_request_success", model="clead") == value(
+        before, "nv_inference_request_success", model="clead")
 
 
 # -- clean stops (keep these last: they end the module's servers) ---------------------------
