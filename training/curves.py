@@ -32,10 +32,10 @@ CURVES_FILE = "curves.png"
 TENSORBOARD_DIR = "tensorboard"
 
 # Epoch keys that are bookkeeping, not curves (TensorBoard and the loss panel skip them).
-NOT_A_CURVE = frozenset({"epoch", "best", "ranks_in_sync", "val_n", "val_eps"})
+NOT_A_CURVE = frozenset({"epoch", "best", "ranks_in_sync", "val_n", "val_eps", "catastrophic_overfitting", "selected_weights"})
 # The panels of curves.png: (title, y label, keys). Losses are every ``train_*`` key but the
 # accuracy (the methods log different parts: ce_adv, ce_clean, contrastive, kl, ...).
-ACCURACY_KEYS = ("train_acc", "val_clean_acc", "val_robust_acc")
+ACCURACY_KEYS = ("train_acc", "val_clean_acc", "val_robust_acc", "val_fgsm_acc", "ema_val_clean_acc", "ema_val_robust_acc")
 LR_KEY = "lr"
 SPEED_KEYS = ("images_per_s",)
 

@@ -29,6 +29,7 @@ from training import config as C
 from training.attacks import create_attack
 from training.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
 from training.data import BatchLoader, ImageSet, load_train_val
+from training.curves import EpochObserver
 from training.ema import WeightEMA
 from training.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed, params_in_sync
 from training.export import write_json_atomic
@@ -410,6 +411,7 @@ def _fit(cfg: C.TrainConfig, dist_info: DistInfo, device: torch.device, command:
         write_json_atomic(out / "run.json", info)
         if cfg.resume:
             print(f"resuming {out} after epoch {trainer.epoch}", file=sys.stderr)
+    observer = EpochObserver(out) if dist_info.is_main else None  # curves.png and TensorBoard, every epoch
     wall_start = time.perf_counter()
     wall_before = trainer.history[-1]["wall_seconds"] if trainer.history else 0.0
     stale = 0
@@ -440,11 +442,14 @@ def _fit(cfg: C.TrainConfig, dist_info: DistInfo, device: torch.device, command:
             with open(out / "metrics.jsonl", "a") as fh:
                 fh.write(json.dumps(metrics) + "\n")
             print(_epoch_line(metrics), file=sys.stderr)
+            observer.on_epoch(metrics, trainer.history)
         if cfg.patience is not None and stale >= cfg.patience:
             if dist_info.is_main:
                 print(f"early stop: no better {trainer.selection} for {stale} epochs", file=sys.stderr)
             break
         barrier()
+    if observer is not None:
+        observer.close()
     summary = {**info, "epochs_run": trainer.epoch, "selection_metric": trainer.selection,
                "best_score": trainer.best, "best_epoch": _best_epoch(trainer.history),
                "wall_seconds": trainer.history[-1]["wall_seconds"] if trainer.history else 0.0,

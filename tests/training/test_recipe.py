@@ -106,6 +106,7 @@ def test_ema_run_validates_both_and_best_exports_the_selected_weights(cifar_root
     for row in rows:
         assert {"ema_val_clean_acc", "ema_val_robust_acc", "val_fgsm_acc", "selected_weights"} <= set(row)
         assert row["catastrophic_overfitting"] in (True, False)
+    assert (out / "curves.png").is_file()  # drawn every epoch (training.curves)
     state = load_checkpoint(out / "best.pt")
     assert state["ema"] is not None and state["selected"] in ("model", "ema")
     model, _ = model_from_checkpoint(out / "best.pt")
