@@ -33,6 +33,7 @@ from typing import Callable, Optional, Sequence
 import yaml
 
 from training.config import METHODS, parse_eps
+from training.paired import paired_difference
 
 ROLES = ("main", "ablation", "fixed-views", "scale")
 ROW_KEYS = {"name", "method", "run", "eval", "role"}
@@ -102,6 +103,7 @@ class Measure:
     n: int
     source: Path
     images: str  # indices_sha1 of the report's subset
+    mask: str = ""  # per-image outcome ("1" = correct/robust), for paired comparisons
 
 
 def load_spec(path: str | Path) -> dict:
@@ -169,7 +171,8 @@ def clean_of(row: Row) -> Optional[Measure]:
     if best is None:
         return None
     path, rep = best
-    return Measure(rep["clean"]["accuracy"], rep["clean"]["n"], path, rep["data"].get("indices_sha1", ""))
+    return Measure(rep["clean"]["accuracy"], rep["clean"]["n"], path, rep["data"].get("indices_sha1", ""),
+                   rep["clean"].get("correct_mask", ""))
 
 
 def _in_column(entry: dict, column: str, eps: float) -> bool:
@@ -182,7 +185,7 @@ def attack_of(row: Row, column: str, eps: float) -> Optional[Measure]:
     if not found:
         return None
     _, path, rep, e = max(found, key=lambda t: t[0])
-    return Measure(e["accuracy"], e["n"], path, rep["data"].get("indices_sha1", ""))
+    return Measure(e["accuracy"], e["n"], path, rep["data"].get("indices_sha1", ""), e.get("robust_mask", ""))
 
 
 def apgd_pair_of(row: Row, eps: float) -> Optional[Measure]:
@@ -196,8 +199,8 @@ def apgd_pair_of(row: Row, eps: float) -> Optional[Measure]:
             continue
         n = len(masks[0])
         if best is None or n > best.n:
-            robust = sum(a == b == "1" for a, b in zip(*masks))
-            best = Measure(robust / n, n, path, rep["data"].get("indices_sha1", ""))
+            both = "".join("1" if a == b == "1" else "0" for a, b in zip(*masks))
+            best = Measure(both.count("1") / n, n, path, rep["data"].get("indices_sha1", ""), both)
     return best
 
 
@@ -381,6 +384,15 @@ def _points(a: Measure, b: Measure) -> float:
     return 100 * (a.accuracy - b.accuracy)
 
 
+def difference(a: Measure, b: Measure) -> str:
+    """``a`` minus ``b`` with its uncertainty: paired (bootstrap interval and McNemar) when both
+    were measured on the same images with per-image masks, else an independent standard error."""
+    if a.images and a.images == b.images and a.mask and len(a.mask) == len(b.mask):
+        return paired_difference(a.mask, b.mask).describe()
+    why = "no per-image masks" if a.images and a.images == b.images else "different images"
+    return f"{_points(a, b):+.2f} points, independent standard error {_stderr_points(a, b):.2f}: not paired, {why}"
+
+
 def _stderr_points(a: Measure, b: Measure) -> float:
     """Binomial standard error of the difference, in points: how much of it is sampling noise."""
     var = sum(m.accuracy * (1 - m.accuracy) / max(m.n, 1) for m in (a, b))
@@ -411,9 +423,9 @@ def summary(main: list[Row], eps: float, findings: list[Finding], fixed: Sequenc
         d_aa, d_clean = _points(ca, ba), _points(cc, bc)
         aa_ok, clean_ok = d_aa >= AA_MARGIN - 1e-9, d_clean >= -CLEAN_SLACK - 1e-9  # 1e-9: float noise of k/n
         (beaten if aa_ok and clean_ok else not_beaten).append(label)
-        lines.append(f"- vs {label}: AutoAttack {_pct(ca)}% vs {_pct(ba)}% ({d_aa:+.2f} points, standard error "
-                     f"{_stderr_points(ca, ba):.2f}; target >= +{AA_MARGIN:g}: {'met' if aa_ok else '**not met**'}); "
-                     f"clean {_pct(cc)}% vs {_pct(bc)}% ({d_clean:+.2f} points; target >= -{CLEAN_SLACK:g}: "
+        lines.append(f"- vs {label}: AutoAttack {_pct(ca)}% vs {_pct(ba)}% ({difference(ca, ba)}; "
+                     f"target >= +{AA_MARGIN:g}: {'met' if aa_ok else '**not met**'}); "
+                     f"clean {_pct(cc)}% vs {_pct(bc)}% ({difference(cc, bc)}; target >= -{CLEAN_SLACK:g}: "
                      f"{'met' if clean_ok else '**not met**'}); {_cost(clead, base)}.")
     if not_beaten:
         head = f"**C-LEAD does not beat {' or '.join(not_beaten)} here** by the study's targets" + (
@@ -425,7 +437,7 @@ def summary(main: list[Row], eps: float, findings: list[Finding], fixed: Sequenc
     else:
         head = "**No verdict yet**: the runs the comparison needs are missing (see *Not run*)."
         if interim:
-            head += (f" Meanwhile C-LEAD is at {', '.join(interim)} (attacks that AutoAttack itself runs), "
+            head += (f" Meanwhile, on attacks that AutoAttack itself runs, C-LEAD minus {'; minus '.join(interim)}; "
                      f"against the study's target of +{AA_MARGIN:g} points under AutoAttack.")
     if clead is not None and cc is not None:  # the shipped model's own targets
         tag = lambda ok: "met" if ok else "**not met**"  # noqa: E731
@@ -471,9 +483,9 @@ def _interim(clead: Optional[Row], base: Optional[Row], label: str, eps: float) 
     how = ("targeted, 9 classes x 100 steps; AutoAttack runs the same attack and three more" if what == "APGD-T" else
            "an image counts only if it survives both; AutoAttack starts with these two and adds FAB-T and Square")
     return (f" Meanwhile, on our {what} ({how}, so its accuracy is expected at or below this): C-LEAD {_pct(ct)}% "
-            f"vs {label} {_pct(bt)}% ({_points(ct, bt):+.2f} points, standard error {_stderr_points(ct, bt):.2f}), "
+            f"vs {label} {_pct(bt)}% ({difference(ct, bt)}), "
             f"clean {_pct(cc)}% vs {_pct(bc)}% ({_points(cc, bc):+.2f} points).",
-            f"{_points(ct, bt):+.2f} points vs {label} on {what} (standard error {_stderr_points(ct, bt):.2f})")
+            f"{label} on {what}: {difference(ct, bt)}")
 
 
 def _cost(clead: Row, base: Row) -> str:

@@ -211,8 +211,9 @@ def test_without_autoattack_the_summary_compares_apgd_t_and_the_own_targets(tmp_
     md, _, _ = build_study(spec, tmp_path)
     summary = md.split("## Summary")[1].split("##")[0]
     assert "**No verdict yet**" in summary
-    assert ("Meanwhile C-LEAD is at -9.00 points vs PGD-AT on APGD-T (standard error 2.19), -10.00 points vs TRADES "
-            "on APGD-T (standard error 2.19) (attacks that AutoAttack itself runs), against the study's target of "
+    assert ("Meanwhile, on attacks that AutoAttack itself runs, C-LEAD minus PGD-AT on APGD-T: -9.00 points, "
+            "independent standard error 2.19: not paired, no per-image masks; minus TRADES on APGD-T: -10.00 points, "
+            "independent standard error 2.19: not paired, no per-image masks; against the study's target of "
             "+2 points under AutoAttack.") in summary
     assert "on our APGD-T" in summary and "C-LEAD 36.50% vs PGD-AT 45.50% (-9.00 points" in summary
     assert "AutoAttack not run (target >= 38%; APGD-T alone leaves 36.50%, already below that target)" in summary
@@ -255,3 +256,21 @@ def test_fixed_views_row_is_compared_with_online_clead(tmp_path):
     md, _, _ = build_study(spec, tmp_path)
     assert "- fixed (control): AutoAttack 3.00% vs 48.00% for C-LEAD" in md and "(-45.00 points)" in md
     assert table_row(md, "fixed (`clead-fixed`)")[6:8] == ["4.00", "3.00"]
+
+
+def test_comparisons_on_the_same_images_are_paired(tmp_path):
+    """With per-image masks on the same images the verdict gives a paired interval and McNemar."""
+    spec = main_rows(tmp_path, clead_aa=0.48, clead_clean=0.80)
+    robust = {"pgdat": 450, "trades": 460, "clead": 480}
+    for key, k in robust.items():
+        file = tmp_path / "runs" / f"eval-{key}" / "report.json"
+        report = json.loads(file.read_text())
+        mask = "1" * k + "0" * (1000 - k)  # nested: every image robust for PGD-AT is robust for C-LEAD
+        for entry in report["attacks"]:
+            if entry["attack"] == "autoattack":
+                entry["robust_mask"] = mask
+        file.write_text(json.dumps(report))
+    md, _, _ = build_study(spec, tmp_path)
+    summary = md.split("## Summary")[1].split("##")[0]
+    assert "+3.00 points, paired 95% CI [+2" in summary
+    assert "McNemar p = " in summary and "(30 vs 0 discordant images of 1000)" in summary
