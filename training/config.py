@@ -94,7 +94,7 @@ class OptimConfig:
     schedule: str = "onecycle"  # onecycle (linear up then down, Wong et al. 2020) | cosine (with warmup)
     warmup: float = 0.4  # fraction of all steps spent rising linearly to the peak lr (0.4 = Wong et al.)
     label_smoothing: float = 0.0  # off by default: it can mask gradients and inflate robustness
-    ema_decay: Optional[float] = None  # per-step decay of a weight average (e.g. 0.999); None = off
+    ema_decay: Optional[float] = None  # per-step decay of a weight average (e.g. 0.999); None or 0 = off
     grad_clip: Optional[float] = None  # max global grad norm, None = off
 
 
@@ -171,7 +171,7 @@ def validate(cfg: TrainConfig) -> None:
     check(0 < m.clead_target_decay < 1, "--clead-target-decay", f"must be in (0, 1), got {m.clead_target_decay}")
     check(m.clead_target == "online" or m.clead_ce_on == "adv", "--clead-target",
           f"an ema target embeds the clean view without gradients, so it needs --ce-on adv (got {m.clead_ce_on!r})")
-    check(o.ema_decay is None or 0 < o.ema_decay < 1, "--ema-decay", f"must be in (0, 1), got {o.ema_decay}")
+    check(o.ema_decay is None or 0 <= o.ema_decay < 1, "--ema-decay", f"must be in [0, 1) (0 = off), got {o.ema_decay}")
     check(o.optimizer in ("sgd", "adamw"), "--optimizer", f"must be sgd or adamw, got {o.optimizer!r}")
     check(o.schedule in ("onecycle", "cosine"), "--schedule", f"must be onecycle or cosine, got {o.schedule!r}")
     check(o.lr > 0, "--lr", f"must be > 0, got {o.lr}")

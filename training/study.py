@@ -26,7 +26,7 @@ import json
 import math
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -35,13 +35,30 @@ import yaml
 from training.config import METHODS, parse_eps
 from training.paired import paired_difference
 
-ROLES = ("main", "ablation", "fixed-views", "scale")
+ROLES = ("main", "ablation", "fixed-views", "scale", "previous")
 ROW_KEYS = {"name", "method", "run", "eval", "role"}
 MAKE_KEYS = {"fit", "ship", "artifact", "select", "views"}  # how `clead-train study` makes a row (training.campaign)
 # The study's targets for C-LEAD against each adversarial baseline (points of accuracy).
-AA_MARGIN = 2.0  # AutoAttack accuracy at least this many points above the baseline's
-TARGET_AA, TARGET_CLEAN = 0.38, 0.68  # the shipped C-LEAD model's own targets (fractions)
-CLEAN_SLACK = 1.0  # clean accuracy at most this many points below the baseline's
+
+
+@dataclass(frozen=True)
+class Targets:
+    """What the verdict checks; a spec sets them under ``targets:`` (and ``previous_targets:``
+    for the rows of role ``previous``), these are the defaults."""
+
+    aa_margin: float = 2.0  # C-LEAD's AutoAttack accuracy at least this many points above the baseline's
+    clean_slack: float = 1.0  # C-LEAD's clean accuracy at most this many points below the baseline's
+    autoattack: float = 0.38  # the shipped C-LEAD model's own AutoAttack target (fraction)
+    clean: float = 0.68  # ... and its clean target
+
+    @classmethod
+    def of(cls, raw: Optional[dict]) -> "Targets":
+        raw = dict(raw or {})
+        valid = {f.name for f in fields(cls)}
+        if set(raw) - valid:
+            raise ValueError(f"spec targets: unknown key(s) {sorted(set(raw) - valid)}; valid: {', '.join(sorted(valid))}")
+        return cls(**{k: float(v) for k, v in raw.items()})
+
 TOL = 0.02  # slack (fraction of images) for comparisons between randomised attacks, as training.sanity
 NOT_RUN = "not run"
 APGD_PAIR = ("APGD-CE", "APGD-T")  # AutoAttack's first two attacks (columns below)
@@ -399,7 +416,8 @@ def _stderr_points(a: Measure, b: Measure) -> float:
     return 100 * math.sqrt(var)
 
 
-def summary(main: list[Row], eps: float, findings: list[Finding], fixed: Sequence[Row] = ()) -> list[str]:
+def summary(main: list[Row], eps: float, findings: list[Finding], fixed: Sequence[Row] = (),
+            targets: Targets = Targets()) -> list[str]:
     by_method: dict[str, Row] = {}
     for row in main:
         by_method.setdefault(row.method, row)
@@ -421,11 +439,11 @@ def summary(main: list[Row], eps: float, findings: list[Finding], fixed: Sequenc
                          f"({NOT_RUN})." + text)
             continue
         d_aa, d_clean = _points(ca, ba), _points(cc, bc)
-        aa_ok, clean_ok = d_aa >= AA_MARGIN - 1e-9, d_clean >= -CLEAN_SLACK - 1e-9  # 1e-9: float noise of k/n
+        aa_ok, clean_ok = d_aa >= targets.aa_margin - 1e-9, d_clean >= -targets.clean_slack - 1e-9  # 1e-9: float noise of k/n
         (beaten if aa_ok and clean_ok else not_beaten).append(label)
         lines.append(f"- vs {label}: AutoAttack {_pct(ca)}% vs {_pct(ba)}% ({difference(ca, ba)}; "
-                     f"target >= +{AA_MARGIN:g}: {'met' if aa_ok else '**not met**'}); "
-                     f"clean {_pct(cc)}% vs {_pct(bc)}% ({difference(cc, bc)}; target >= -{CLEAN_SLACK:g}: "
+                     f"target >= +{targets.aa_margin:g}: {'met' if aa_ok else '**not met**'}); "
+                     f"clean {_pct(cc)}% vs {_pct(bc)}% ({difference(cc, bc)}; target >= -{targets.clean_slack:g}: "
                      f"{'met' if clean_ok else '**not met**'}); {_cost(clead, base)}.")
     if not_beaten:
         head = f"**C-LEAD does not beat {' or '.join(not_beaten)} here** by the study's targets" + (
@@ -438,19 +456,19 @@ def summary(main: list[Row], eps: float, findings: list[Finding], fixed: Sequenc
         head = "**No verdict yet**: the runs the comparison needs are missing (see *Not run*)."
         if interim:
             head += (f" Meanwhile, on attacks that AutoAttack itself runs, C-LEAD minus {'; minus '.join(interim)}; "
-                     f"against the study's target of +{AA_MARGIN:g} points under AutoAttack.")
+                     f"against the study's target of +{targets.aa_margin:g} points under AutoAttack.")
     if clead is not None and cc is not None:  # the shipped model's own targets
         tag = lambda ok: "met" if ok else "**not met**"  # noqa: E731
         if ca is not None:
-            lines.append(f"- C-LEAD's own targets: AutoAttack {_pct(ca)}% (target >= {100 * TARGET_AA:g}%: "
-                         f"{tag(ca.accuracy >= TARGET_AA)}), clean {_pct(cc)}% (target >= {100 * TARGET_CLEAN:g}%: "
-                         f"{tag(cc.accuracy >= TARGET_CLEAN)}).")
+            lines.append(f"- C-LEAD's own targets: AutoAttack {_pct(ca)}% (target >= {100 * targets.autoattack:g}%: "
+                         f"{tag(ca.accuracy >= targets.autoattack)}), clean {_pct(cc)}% (target >= "
+                         f"{100 * targets.clean:g}%: {tag(cc.accuracy >= targets.clean)}).")
         else:
             what, ct = stand_in(clead, eps)
             bound = "" if ct is None else (f"; {what} {'alone leaves' if what == 'APGD-T' else 'leave'} {_pct(ct)}%, "
-                                           + ("already below" if ct.accuracy < TARGET_AA else "above") + " that target")
-            lines.append(f"- C-LEAD's own targets: AutoAttack {NOT_RUN} (target >= {100 * TARGET_AA:g}%{bound}); "
-                         f"clean {_pct(cc)}% (target >= {100 * TARGET_CLEAN:g}%: {tag(cc.accuracy >= TARGET_CLEAN)}).")
+                                           + ("already below" if ct.accuracy < targets.autoattack else "above") + " that target")
+            lines.append(f"- C-LEAD's own targets: AutoAttack {NOT_RUN} (target >= {100 * targets.autoattack:g}%{bound}); "
+                         f"clean {_pct(cc)}% (target >= {100 * targets.clean:g}%: {tag(cc.accuracy >= targets.clean)}).")
     for row in fixed:  # the control: what the online inner maximisation adds
         column = next((c for c in ("AutoAttack", "APGD-T") if clead and attack_of(row, c, eps)
                        and attack_of(clead, c, eps)), None)
@@ -545,6 +563,10 @@ def build_study(spec: dict, root: str | Path = ".", plot_path: Optional[Path] = 
     large_eps, large_max = parse_eps(spec.get("large_eps", "64/255")), float(spec.get("large_eps_max_accuracy", 0.05))
     rows = [load_row(_parse_row(raw, root)) for raw in spec["rows"]]
     main = [r for r in rows if r.role == "main"]
+    previous = [r for r in rows if r.role == "previous"]
+    # The fixed-views control belongs to the recipe it was trained with: the previous one, if any.
+    fixed = [r for r in rows if r.role == "fixed-views"]
+    fixed_now, fixed_before = ([], fixed) if previous else (fixed, [])
     tested = [r for r in rows if r.reports]  # rows without reports are listed under "Not run"
     findings = [f for r in tested for f in report_checks(r) + cross_attack_checks(r, eps, tol, large_eps, large_max)]
 
@@ -552,17 +574,25 @@ def build_study(spec: dict, root: str | Path = ".", plot_path: Optional[Path] = 
            f"Threat model: L-inf, eps = {fmt_eps(eps)}. Accuracies in %, on the test split; generated by "
            "`python -m training.study` from the files listed under *Sources* (nothing here is typed in by hand).", "",
            *[f"- {note}" for note in spec.get("notes", [])], *([""] if spec.get("notes") else []),
-           "## Summary", "", *summary(main, eps, findings, [r for r in rows if r.role == "fixed-views"]), "",
-           "## Accuracy per method", "", *main_table(main + [r for r in rows if r.role == "fixed-views"], eps), ""]
+           "## Summary", "", *summary(main, eps, findings, fixed_now, Targets.of(spec.get("targets"))), "",
+           "## Accuracy per method", "", *main_table(main + fixed_now, eps), ""]
+    if previous:
+        undefended = [r for r in main if r.method == "standard"]
+        verdict = summary(previous, eps, [], fixed_before,
+                          Targets.of(spec.get("previous_targets", spec.get("targets"))))[:-1]  # sanity: above
+        out += ["## Previous recipe", "", "Rows of role `previous`: the study's earlier recipe, kept for comparison with "
+                "the current one (settings in each run's `config.yaml`); not part of the verdict above. "
+                "Its own verdict, by the targets it had:", "", *verdict, "",
+                *main_table(undefended + previous + fixed_before, eps), ""]
     scale = [r for r in rows if r.role == "scale"]
     if scale:
         out += ["## At another scale", "", "Rows of role `scale` (their settings are in each run's `config.yaml` and "
                 "command under *Sources*); not part of the verdict above.", "", *main_table(scale, eps), ""]
-    png = plot_curves(main + [r for r in rows if r.role == "fixed-views"], plot_path) if plot_path else None
+    png = plot_curves(main + previous + fixed, plot_path) if plot_path else None
     out += ["## Accuracy vs eps", ""]
     out += [f"![accuracy vs eps]({png.name})", ""] if png else \
         ["No curve: no report has one (evaluate without `--no-curve` to draw it).", ""]
-    ablations = [r for r in rows if (r.method == "clead" and r.role == "main") or r.role == "ablation"]
+    ablations = [r for r in rows if (r.method == "clead" and r.role in ("main", "previous")) or r.role == "ablation"]
     out += ["## C-LEAD ablations (validation split)", "",
             "Settings from each run's `config.yaml`; accuracies on the validation split at the run's selected "
             "epoch (`summary.json` best epoch, from `metrics.jsonl`). Ablations are compared here, never on the "

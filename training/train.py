@@ -81,7 +81,7 @@ FLAGS: list[tuple[str, str, Any, str]] = [
     ("--schedule", "optim.schedule", str, "onecycle | cosine"),
     ("--warmup", "optim.warmup", float, "fraction of steps rising to the peak lr"),
     ("--label-smoothing", "optim.label_smoothing", float, "label smoothing (default 0)"),
-    ("--ema-decay", "optim.ema_decay", float, "weight EMA decay per step, e.g. 0.999 (default off)"),
+    ("--ema-decay", "optim.ema_decay", float, "weight EMA decay per step, e.g. 0.999 (default and 0: off)"),
     ("--grad-clip", "optim.grad_clip", float, "max gradient norm"),
     ("--val-n", "val_n", int, "validation images attacked per epoch"),
     ("--val-attack-steps", "val_attack_steps", int, "PGD steps of the validation attack"),

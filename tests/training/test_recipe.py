@@ -58,6 +58,7 @@ def test_inner_attack_builds_nfgsm_only_when_asked():
     ("attack", "kind", "pgd-7", "--attack-kind"),
     ("attack", "noise", -0.5, "--attack-noise"),
     ("optim", "ema_decay", 1.0, "--ema-decay"),
+    ("optim", "ema_decay", -0.1, "--ema-decay"),
     ("method", "clead_embed", "logits", "--clead-embed"),
     ("method", "clead_kl", -1.0, "--clead-kl"),
     ("method", "clead_target", "teacher", "--clead-target"),
