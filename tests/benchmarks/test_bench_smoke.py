@@ -77,3 +77,18 @@ def test_gpu_section_uses_a_gpu_results_file_when_this_run_had_no_gpu(tmp_path):
     text = gpu_section({"benchmarks": []}, (path, data))
     assert "2026-11-27-h200-gpu.json" in text and "NVIDIA H200" in text and "**1.12**" in text
     assert "were skipped" in gpu_section({"benchmarks": []}, None)
+
+
+def test_eval_layouts_measures_every_variant_of_one_artifact(tmp_path):
+    import torch
+
+    from benchmarks.eval_layouts import VARIANTS, measure
+    from training.export import export_artifact
+    from training.models import create_model
+
+    torch.manual_seed(0)
+    path = export_artifact(create_model("tiny_cnn", num_classes=10).eval(), tmp_path / "m.pt",
+                           {"classes": [str(i) for i in range(10)]})
+    result = measure(str(path), batch=4, rounds=1, warmup=1)
+    assert set(result) == set(VARIANTS)
+    assert all(r["fwd"] > 0 and r["fwd+bwd"] > 0 for r in result.values())
