@@ -18,9 +18,13 @@ METRICS_PORT ?= 8082
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# pyproject.toml holds the supported ranges, constraints.txt the tested versions (the lock).
+# torchattacks goes in with --no-deps: its requests~=2.25.1 pin would drag in requests, urllib3
+# and idna versions with published CVEs, and it never imports requests (see pyproject.toml).
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -e '.[$(EXTRAS)]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[$(EXTRAS)]'
+	$(BIN)/pip install -q --no-deps -c constraints.txt torchattacks
 	@touch $@
 
 # Debian packages the tests need: chromium for the browser test of the demo, java for TorchServe.
