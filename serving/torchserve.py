@@ -226,7 +226,10 @@ class TorchServe:
         """``python -m serving.front`` on the inference port, relaying to TorchServe's own."""
         cfg = self.config
         cmd = [sys.executable, "-m", "serving.front", "--host", cfg.host, "--port", str(cfg.inference_port),
-               "--upstream", cfg.torchserve_inference_url, "--max-request-bytes", str(cfg.max_request_bytes)]
+               "--upstream", cfg.torchserve_inference_url, "--max-request-bytes", str(cfg.max_request_bytes),
+               "--management", cfg.management_url]  # /health reads the workers' states there
+        if cfg.token_auth:
+            cmd += ["--key-file", str(self.workdir / KEY_FILE)]
         env = dict(os.environ)
         # Importable also when this project runs from a checkout without being installed.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
