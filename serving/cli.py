@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_archive_args(up)
     up.add_argument("--timeout", type=float, default=300, help="seconds to wait for the models to answer")
     up.add_argument("--detach", action="store_true", help="return once ready; stop later with `clead-serve stop`")
+    up.add_argument("--max-restarts", type=int, default=5,
+                    help="restarts of a dead front or TorchServe allowed within --restart-window; then exit 1")
+    up.add_argument("--restart-window", type=float, default=600.0, help="seconds")
     up.set_defaults(func=cmd_up)
 
     stop = sub.add_parser("stop", help="stop the TorchServe started from --workdir")
@@ -174,11 +177,15 @@ def cmd_up(args: argparse.Namespace, argv: list[str]) -> int:
     if args.detach:
         print("running in the background; stop it with `make stop` (clead-serve stop)")
         return 0
+    from serving.supervisor import RestartPolicy, Supervisor
+
+    code = 0
     try:
         print("serving; press Ctrl-C to stop", flush=True)
-        while server.running():
-            time.sleep(1)
-        print("TorchServe or the front exited on its own; stopping the rest ...", flush=True)
+        # Restarts a dead front or TorchServe; returns only once the restart budget is spent.
+        code = Supervisor(server, RestartPolicy(max_restarts=args.max_restarts, window_s=args.restart_window,
+                                                ready_timeout_s=args.timeout)).run()
+        print("too many restarts; stopping the rest ...", flush=True)
     except KeyboardInterrupt:
         print("\nstopping TorchServe ...", flush=True)
     finally:
@@ -187,7 +194,7 @@ def cmd_up(args: argparse.Namespace, argv: list[str]) -> int:
         if proc is not None and proc.returncode not in (0, None, -signal.SIGTERM, 143):
             print(f"{what} exited with code {proc.returncode}; see {server.workdir / 'logs'}")
     print("stopped")
-    return 0
+    return code
 
 
 def _interrupt(signum: int, frame) -> None:

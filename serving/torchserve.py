@@ -199,6 +199,18 @@ class TorchServe:
     def start(self, timeout_s: float = 180.0) -> None:
         """Start in the background (own session) and return once every model answers."""
         self.prepare()
+        self.launch()
+        try:
+            if self.config.front:
+                self.front = self.start_front()
+                self.write_record()
+            self.wait_ready(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def launch(self) -> None:
+        """TorchServe in its own session: one process group (launcher, java, workers); also a restart."""
         torchserve = shutil.which("torchserve", path=os.path.dirname(sys.executable)) or "torchserve"
         cmd = [
             torchserve, "--start", "--foreground", "--ncs",
@@ -206,21 +218,18 @@ class TorchServe:
             "--model-store", str(self.workdir / "model_store"),
             "--models", *[f"{name}={name}.mar" for name in self.models],
         ]
-        log = open(self.workdir / "logs" / "torchserve.out", "wb")
-        # cwd = workdir: TorchServe writes key_file.json into its working directory.
-        self.process = subprocess.Popen(cmd, cwd=self.workdir, env=self.env(), stdout=log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
+        # Appended, so a restart keeps the log of what died. cwd = workdir: TorchServe writes
+        # key_file.json into its working directory.
+        with open(self.workdir / "logs" / "torchserve.out", "ab") as log:
+            self.process = subprocess.Popen(cmd, cwd=self.workdir, env=self.env(), stdout=log,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+        self.write_record()
+
+    def write_record(self) -> None:
         record = {"pid": self.process.pid, "pgid": self.process.pid, **self.describe()}
+        if self.front is not None:
+            record["front_pid"] = self.front.pid
         write_record(self.workdir, record)
-        try:
-            if self.config.front:
-                self.front = self.start_front()
-                write_record(self.workdir, {**record, "front_pid": self.front.pid})
-            self.wait_ready(timeout_s)
-        except BaseException:
-            self.stop()
-            raise
 
     def start_front(self) -> subprocess.Popen:
         """``python -m serving.front`` on the inference port, relaying to TorchServe's own."""
@@ -234,7 +243,7 @@ class TorchServe:
         # Importable also when this project runs from a checkout without being installed.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
                                                           env.get("PYTHONPATH")]))
-        with open(self.workdir / "logs" / "front.log", "wb") as log:
+        with open(self.workdir / "logs" / "front.log", "ab") as log:  # appended: restarts keep the history
             return subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True)
 
