@@ -43,7 +43,9 @@ class RetryPolicy:
     backoff_s: float = 0.2  # pause before the first retry; doubles each time
     max_backoff_s: float = 2.0  # longest pause, also the cap on a server's Retry-After
     deadline_s: float = 20.0  # no retry starts later than this after the first try
-    statuses: frozenset[int] = frozenset({503, 507})  # no worker / worker died; never a 4xx
+    # 502: the front could not reach TorchServe (restarting); 503: no worker or busy; 507: the
+    # worker died mid-batch. Never a 4xx.
+    statuses: frozenset[int] = frozenset({502, 503, 507})
 
 
 NO_RETRY = RetryPolicy(attempts=1)

@@ -90,6 +90,7 @@ class FrontConfig:
     retry_after_s: int = 1  # the Retry-After of the front's own 503s
     management: str | None = None  # TorchServe's management address: /health reads worker states there
     key_file: str | None = None  # TorchServe's key_file.json (token auth on), for the management key
+    listen_fd: int | None = None  # an inherited listening socket (clead-serve up keeps it across restarts)
 
 
 def sniff_image(head: bytes) -> str | None:
@@ -504,7 +505,12 @@ class FrontServer(ThreadingHTTPServer):
         self.health_cache: tuple[float, int, dict] = (0.0, 503, {})
         self.health_lock = threading.Lock()
         self.stopped = threading.Event()
-        super().__init__((config.host, config.port), FrontHandler)
+        super().__init__((config.host, config.port), FrontHandler, bind_and_activate=config.listen_fd is None)
+        if config.listen_fd is not None:
+            self.socket.close()
+            self.socket = socket.socket(fileno=config.listen_fd)
+            self.server_address = self.socket.getsockname()
+            self.server_name, self.server_port = self.server_address[:2]
         threading.Thread(target=self.reap, name="front-reaper", daemon=True).start()
 
     # -- bounded connections -------------------------------------------------------------
@@ -662,6 +668,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--retry-budget", type=float, default=defaults.retry_budget_s)
     parser.add_argument("--management", default=None, help="TorchServe's management address, for /health")
     parser.add_argument("--key-file", default=None, help="TorchServe's key_file.json, for /health")
+    parser.add_argument("--listen-fd", type=int, default=None,
+                        help="serve on this inherited listening socket instead of binding --host/--port")
     return parser
 
 
@@ -676,7 +684,8 @@ def main(argv: list[str] | None = None) -> int:
                          idle_timeout_s=args.idle_timeout, header_timeout_s=args.header_timeout,
                          body_timeout_s=args.body_timeout, max_connections=args.max_connections,
                          max_inflight=args.max_inflight, retry_attempts=args.retry_attempts,
-                         retry_budget_s=args.retry_budget, management=args.management, key_file=args.key_file)
+                         retry_budget_s=args.retry_budget, management=args.management, key_file=args.key_file,
+                         listen_fd=args.listen_fd)
     # Started in its own session by clead-serve, which stops it with SIGTERM: leave serve_forever
     # through the same path as Ctrl-C, so the listening socket is closed on the way out.
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

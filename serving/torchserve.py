@@ -161,6 +161,7 @@ class TorchServe:
         self.workdir = Path(self.config.workdir).resolve()
         self.process: subprocess.Popen | None = None
         self.front: subprocess.Popen | None = None
+        self.listener: socket.socket | None = None  # the front's listening socket, held across its restarts
 
     # -- setup -------------------------------------------------------------------------
     def prepare(self) -> list[Path]:
@@ -234,9 +235,14 @@ class TorchServe:
     def start_front(self) -> subprocess.Popen:
         """``python -m serving.front`` on the inference port, relaying to TorchServe's own."""
         cfg = self.config
+        if self.listener is None:
+            # Bound here and handed down (as systemd socket activation does): while a dead front is
+            # restarted, new connections wait in the kernel's backlog instead of being refused.
+            self.listener = socket.create_server((cfg.host, cfg.inference_port), backlog=1024)
         cmd = [sys.executable, "-m", "serving.front", "--host", cfg.host, "--port", str(cfg.inference_port),
                "--upstream", cfg.torchserve_inference_url, "--max-request-bytes", str(cfg.max_request_bytes),
-               "--management", cfg.management_url]  # /health reads the workers' states there
+               "--management", cfg.management_url,  # /health reads the workers' states there
+               "--listen-fd", str(self.listener.fileno())]
         if cfg.token_auth:
             cmd += ["--key-file", str(self.workdir / KEY_FILE)]
         env = dict(os.environ)
@@ -245,7 +251,7 @@ class TorchServe:
                                                           env.get("PYTHONPATH")]))
         with open(self.workdir / "logs" / "front.log", "ab") as log:  # appended: restarts keep the history
             return subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+                                    start_new_session=True, pass_fds=(self.listener.fileno(),))
 
     def describe(self) -> dict[str, Any]:
         cfg = self.config
@@ -339,6 +345,9 @@ class TorchServe:
                     proc.wait(timeout=5)
                 except subprocess.TimeoutExpired:
                     pass
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
 
 
 # -- process record, shared by `up` and `stop` ----------------------------------------------

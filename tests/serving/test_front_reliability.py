@@ -273,3 +273,32 @@ def test_health_is_unhealthy_while_torchserve_is_down(make_front):
     front = make_front(management=f"http://127.0.0.1:{free_port()}")
     resp = requests.get(front.url + "/health", timeout=5)
     assert resp.status_code == 503 and resp.json()["status"] == "unhealthy"
+
+
+def test_an_inherited_listening_socket_keeps_connections_across_a_front_restart(upstream):
+    """What `clead-serve up` does: it holds the socket, so a connection made while no front runs
+    waits in the backlog and is answered by the next front."""
+    import os
+
+    listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+    config = dict(upstream=f"http://127.0.0.1:{upstream.server_address[1]}", retry_backoff_s=0.05)
+    first = FrontServer(FrontConfig(listen_fd=os.dup(listener.fileno()), **config))
+    serve(first)
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    assert requests.post(url + "/predictions/clead", data=b"x", timeout=5).status_code == 200
+    first.shutdown()
+    first.server_close()  # the front is gone; the socket is still listening in this process
+    answers = []
+    waiting = threading.Thread(target=lambda: answers.append(
+        requests.post(url + "/predictions/clead", data=b"x", timeout=10).status_code))
+    waiting.start()
+    time.sleep(0.5)
+    second = FrontServer(FrontConfig(listen_fd=os.dup(listener.fileno()), **config))
+    serve(second)
+    try:
+        waiting.join(10)
+        assert answers == [200]
+    finally:
+        second.shutdown()
+        second.server_close()
+        listener.close()
