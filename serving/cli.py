@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     triton.add_argument("--metrics-port", type=int, default=8002)
     triton.add_argument("--max-batch-size", type=int, default=8)
     triton.add_argument("--max-queue-delay-us", type=int, default=2_000)  # = TritonServeConfig
+    triton.add_argument("--max-restarts", type=int, default=5,
+                        help="restarts of a Triton that died allowed within --restart-window; then exit 1")
+    triton.add_argument("--restart-window", type=float, default=600.0, help="seconds")
     add_limit_args(triton)
     triton.set_defaults(func=cmd_triton)
 
@@ -267,9 +270,13 @@ def cmd_triton(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"Triton is ready at http://{args.host}:{args.http_port} serving {', '.join(models)}; "
               "Ctrl-C stops it", flush=True)
 
-    serve(models, config, ready=ready)
-    print("Triton stopped", flush=True)
-    return 0
+    from serving.supervisor import RestartPolicy, keep_running
+
+    # serve() raises RuntimeError when Triton dies; it is started again (models reloaded) within the budget.
+    code = keep_running(lambda: serve(models, config, ready=ready), "Triton",
+                        RestartPolicy(max_restarts=args.max_restarts, window_s=args.restart_window))
+    print("Triton stopped" if code == 0 else "Triton died too often; stopped", flush=True)
+    return code
 
 
 def cmd_predict(args: argparse.Namespace, argv: list[str]) -> int:

@@ -1,4 +1,4 @@
-"""Keep what ``clead-serve up`` started running: restart a dead front or TorchServe, with backoff,
+"""Keep what ``clead-serve up`` (and ``clead-serve triton``) started running: restart a dead front or TorchServe, with backoff,
 within a budget (by default 5 restarts in 10 minutes); past it, give up so that the service
 manager above (systemd, see docs/reliability.md) sees a failure.
 
@@ -16,7 +16,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable
+from typing import Callable, Optional
 
 from serving.torchserve import KEY_FILE, ServerError, TorchServe, group_members
 
@@ -36,6 +36,49 @@ def log(message: str) -> None:
     print(f"{stamp} supervisor: {message}", flush=True)
 
 
+class RestartBudget:
+    """The policy's budget: how long to wait before the next restart, or None once it is spent."""
+
+    def __init__(self, policy: RestartPolicy) -> None:
+        self.policy = policy
+        self.times: deque[float] = deque()  # monotonic times of the restarts in the window
+
+    def next_delay(self) -> Optional[float]:
+        now = time.monotonic()
+        while self.times and now - self.times[0] > self.policy.window_s:
+            self.times.popleft()
+        if len(self.times) >= self.policy.max_restarts:
+            return None
+        return min(self.policy.backoff_s * 2 ** len(self.times), self.policy.max_backoff_s)
+
+    def spend(self) -> None:
+        self.times.append(time.monotonic())
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+
+def keep_running(run: Callable[[], None], what: str, policy: RestartPolicy | None = None,
+                 log: Callable[[str], None] = log) -> int:
+    """Call ``run`` (a server in this process, e.g. Triton's ``serve``) again whenever it raises
+    RuntimeError (it died), within the budget. Returns 0 when it returned (stopped on purpose),
+    1 when the budget is spent."""
+    budget = RestartBudget(policy or RestartPolicy())
+    while True:
+        try:
+            run()
+            return 0
+        except RuntimeError as exc:
+            delay = budget.next_delay()
+            if delay is None:
+                log(f"{what} died ({exc}); {len(budget)} restarts in the last {budget.policy.window_s:.0f}s "
+                    "already: giving up")
+                return 1
+            log(f"{what} died ({exc}); restart {len(budget) + 1}/{budget.policy.max_restarts} in {delay:.2f}s")
+            time.sleep(delay)
+            budget.spend()
+
+
 class Supervisor:
     """Watches ``server.front`` and ``server.process``; :meth:`run` returns only when the budget is spent."""
 
@@ -44,7 +87,7 @@ class Supervisor:
         self.server = server
         self.policy = policy or RestartPolicy()
         self.log = log
-        self.restarts: deque[float] = deque()  # monotonic times of the restarts in the window
+        self.restarts = RestartBudget(self.policy)
 
     def run(self) -> int:
         """Supervise until the restart budget is spent (exit code 1); Ctrl-C / SIGTERM raise out of here."""
@@ -64,18 +107,15 @@ class Supervisor:
 
     def restart(self, what: str, code: int) -> bool:
         policy = self.policy
-        now = time.monotonic()
-        while self.restarts and now - self.restarts[0] > policy.window_s:
-            self.restarts.popleft()
-        if len(self.restarts) >= policy.max_restarts:
+        delay = self.restarts.next_delay()
+        if delay is None:
             self.log(f"{what} exited ({describe_exit(code)}); {len(self.restarts)} restarts in the last "
                      f"{policy.window_s:.0f}s already: giving up")
             return False
-        delay = min(policy.backoff_s * 2 ** len(self.restarts), policy.max_backoff_s)
         self.log(f"{what} exited ({describe_exit(code)}); restart {len(self.restarts) + 1}/{policy.max_restarts} "
                  f"in {delay:.2f}s")
         time.sleep(delay)
-        self.restarts.append(time.monotonic())
+        self.restarts.spend()
         started = time.monotonic()
         try:
             if what == "the front":

@@ -108,3 +108,52 @@ def test_a_restart_that_does_not_get_ready_still_counts():
 @pytest.mark.parametrize("code,text", [(-9, "killed by SIGKILL"), (1, "exit code 1"), (-15, "killed by SIGTERM")])
 def test_exit_codes_are_named(code, text):
     assert describe_exit(code) == text
+
+
+def test_keep_running_restarts_a_server_that_dies_and_stops_when_it_returns():
+    from serving.supervisor import keep_running
+
+    runs, lines = [], []
+
+    def run():
+        runs.append(1)
+        if len(runs) < 3:
+            raise RuntimeError("Triton stopped unexpectedly")
+
+    assert keep_running(run, "Triton", RestartPolicy(**POLICY), log=lines.append) == 0
+    assert len(runs) == 3 and "Triton died (Triton stopped unexpectedly); restart 1/5" in lines[0]
+
+
+def test_keep_running_gives_up_after_the_budget():
+    from serving.supervisor import keep_running
+
+    def run():
+        raise RuntimeError("dead again")
+
+    lines = []
+    assert keep_running(run, "Triton", RestartPolicy(max_restarts=2, **POLICY), log=lines.append) == 1
+    assert "giving up" in lines[-1]
+
+
+def test_clead_serve_triton_restarts_a_dead_triton(monkeypatch, tmp_path, capsys):
+    """The CLI path, with a stand-in for PyTriton's serve (no Triton environment needed)."""
+    import serving.cli as cli
+    import serving.triton as triton
+    import serving.tritonenv as tritonenv
+
+    for name in ("clead", "baseline"):
+        (tmp_path / f"{name}.pt").write_bytes(b"x")
+        (tmp_path / f"{name}.json").write_text("{}")
+    calls = []
+
+    def fake_serve(models, config, ready=None):
+        calls.append(sorted(models))
+        if len(calls) == 1:
+            raise RuntimeError("Triton stopped unexpectedly; see its log above")
+        ready()
+
+    monkeypatch.setattr(tritonenv, "has_pytriton", lambda: True)
+    monkeypatch.setattr(triton, "serve", fake_serve)
+    assert cli.main(["triton", "--models-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert len(calls) == 2 and "Triton died" in out and "restart 1/5" in out and "Triton is ready" in out
