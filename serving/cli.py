@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 DEFAULT_MODELS_DIR = Path("models/cifar10")
