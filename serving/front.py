@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import re
 import signal
 import socket
@@ -65,6 +66,9 @@ ERROR_TYPES = {400: "BadRequest", 408: "RequestTimeout", 413: "PayloadTooLarge",
 # (one is restarting), 507 for the jobs of a worker that died mid-batch. Both are retried.
 RETRY_STATUSES = frozenset({503, 507})
 HEALTH_PATHS = ("/health", "/healthz")
+# Written by the supervisor (serving/supervisor.py) when it restarts TorchServe, beside the key file:
+# the inference key of the instance that died (TorchServe writes new keys at every start).
+ROTATED_KEYS = "key_file.rotated.json"
 
 
 @dataclass
@@ -91,6 +95,9 @@ class FrontConfig:
     management: str | None = None  # TorchServe's management address: /health reads worker states there
     key_file: str | None = None  # TorchServe's key_file.json (token auth on), for the management key
     listen_fd: int | None = None  # an inherited listening socket (clead-serve up keeps it across restarts)
+    # For this long after the supervisor restarted TorchServe, a request carrying the dead instance's
+    # inference key is forwarded with the new one (see FrontServer.renewed_key).
+    key_grace_s: float = 120.0
 
 
 def sniff_image(head: bytes) -> str | None:
@@ -342,6 +349,7 @@ class FrontHandler(BaseHTTPRequestHandler):
         for attempt in range(1, cfg.retry_attempts + 1):
             delay = min(cfg.retry_backoff_s * 2 ** (attempt - 1), 2.0)
             final = attempt == cfg.retry_attempts or time.monotonic() + delay > deadline
+            headers = self.server.renew_authorization(headers)  # TorchServe may have restarted meanwhile
             try:
                 response = self.forward(headers, body, iter(()), len(body))
             except Refused as refused:
@@ -578,6 +586,35 @@ class FrontServer(ThreadingHTTPServer):
                     handler.connection.shutdown(socket.SHUT_RD)
                 except OSError:
                     pass
+
+    def renew_authorization(self, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Headers with the dead TorchServe's inference key replaced by the new one, within key_grace_s
+        of a supervisor restart. Only that key is renewed, so a key revoked through TorchServe's
+        token API never is; every other request passes unchanged."""
+        if not self.config.key_file:
+            return headers
+        out = []
+        for key, value in headers:
+            if key.lower() == "authorization":
+                value = self.renewed_key(value) or value
+            out.append((key, value))
+        return out
+
+    def renewed_key(self, authorization: str) -> str | None:
+        folder = os.path.dirname(self.config.key_file)
+        try:
+            with open(os.path.join(folder, ROTATED_KEYS)) as f:
+                rotated = json.load(f)
+            with open(self.config.key_file) as f:
+                current = json.load(f)["inference"]["key"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        old = rotated.get("inference")
+        if not old or authorization.strip() != f"Bearer {old}" or current == old:
+            return None
+        if time.time() - float(rotated.get("rotated_at", 0)) > self.config.key_grace_s:
+            return None
+        return f"Bearer {current}"
 
     def count_retry(self) -> None:
         with self.lock:

@@ -9,6 +9,7 @@ process group). Every death and restart is logged with the exit code and the tim
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -18,7 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable, Optional
 
-from serving.torchserve import KEY_FILE, ServerError, TorchServe, group_members
+from serving.front import ROTATED_KEYS
+from serving.torchserve import KEY_FILE, ServerError, TorchServe, group_members, read_keys
 
 
 @dataclass
@@ -136,8 +138,15 @@ class Supervisor:
 
     def restart_torchserve(self) -> None:
         """Whatever is left of the dead instance's process group goes first: a live java or worker
-        would hold the ports. TorchServe writes new keys at start, so the old key file goes too."""
+        would hold the ports. TorchServe writes new keys at start, so the old key file goes too;
+        its inference key is kept for the front, which renews it for a grace period (clients that
+        hold the key are not cut off by a restart they did not cause)."""
         self.kill_group()
+        old = read_keys(self.server.workdir).get("inference")
+        if old:
+            rotated = self.server.workdir / ROTATED_KEYS
+            rotated.touch(mode=0o600)
+            rotated.write_text(json.dumps({"inference": old, "rotated_at": time.time()}))
         (self.server.workdir / KEY_FILE).unlink(missing_ok=True)
         self.server.launch()
         self.server.wait_ready(self.policy.ready_timeout_s)

@@ -188,11 +188,16 @@ def test_a_killed_front_is_restarted(served):
 
 def test_a_killed_torchserve_is_restarted(served):
     record = read_record(served.workdir)
+    old_key = read_keys(served.workdir)["inference"]
     java = [p for p in psutil.process_iter(["name"]) if safe_pgid(p.pid) == record["pgid"] and "java" in p.info["name"]]
     assert java
     java[0].kill()
     wait_answering(served, 200)
     wait_for_line(served, "TorchServe is back", 60)
+    assert read_keys(served.workdir)["inference"] != old_key  # TorchServe wrote new keys...
+    renewed = requests.post(f"{served.url}/predictions/clead", data=good(1)[0], timeout=60,
+                            headers={"Content-Type": "image/png", "Authorization": f"Bearer {old_key}"})
+    assert renewed.status_code == 200, "...and the front renews the old one for a client that still holds it"
     assert read_record(served.workdir)["pid"] != record["pid"]
     assert served.proc.poll() is None and "TorchServe exited (exit code 0)" in served.output()
     assert requests.get(f"{served.url}/health", timeout=10).status_code == 200

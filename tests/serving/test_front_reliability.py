@@ -46,6 +46,7 @@ class Flaky(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         self.hits[self.path] += 1
         self.bodies.append(hashlib.sha256(body).hexdigest())
+        self.auth.append(self.headers.get("Authorization"))
         if self.path == "/predictions/slow":
             time.sleep(1.0)
         parts = self.path.rsplit("/", 1)[-1].split("-")
@@ -302,3 +303,28 @@ def test_an_inherited_listening_socket_keeps_connections_across_a_front_restart(
         second.shutdown()
         second.server_close()
         listener.close()
+
+
+def test_the_dead_torchservers_key_is_renewed_for_a_grace_period_only(make_front, tmp_path):
+    """After a supervisor restart TorchServe has new keys; a client still holding the old one is
+    forwarded with the new one for key_grace_s. Any other key passes unchanged."""
+    import time as clock
+
+    from serving.front import ROTATED_KEYS
+
+    key_file = tmp_path / "key_file.json"
+    key_file.write_text(json.dumps({"inference": {"key": "new-key"}, "management": {"key": "m"}}))
+    (tmp_path / ROTATED_KEYS).write_text(json.dumps({"inference": "old-key", "rotated_at": clock.time()}))
+    front = make_front(key_file=str(key_file), key_grace_s=60)
+
+    def sent_with(key: str) -> str:
+        Flaky.auth.clear()
+        requests.post(front.url + "/predictions/clead", data=b"x", headers={"Authorization": f"Bearer {key}"},
+                      timeout=10)
+        return Flaky.auth[-1]
+
+    assert sent_with("old-key") == "Bearer new-key"
+    assert sent_with("new-key") == "Bearer new-key"
+    assert sent_with("revoked-or-wrong") == "Bearer revoked-or-wrong"
+    (tmp_path / ROTATED_KEYS).write_text(json.dumps({"inference": "old-key", "rotated_at": clock.time() - 61}))
+    assert sent_with("old-key") == "Bearer old-key", "past the grace period the old key is not renewed"
