@@ -88,8 +88,11 @@ class FrontConfig:
     # TorchServe's job_queue_size (100 per model by default), so TorchServe's own queue never fills
     # and its 503 keeps one meaning: no worker up.
     max_inflight: int = 96
-    retry_attempts: int = 6  # tries of one prediction that TorchServe failed with 503/507 or never got
-    retry_budget_s: float = 10.0  # total time one prediction may spend on retries
+    retry_attempts: int = 12  # tries of one prediction that TorchServe failed with 503/507 or never got
+    # Total time one prediction may spend on retries: long enough for the supervisor to restart a
+    # dead TorchServe on a busy 2-core machine (13-26 s measured, docs/reliability.md), within
+    # serving.client's 30 s timeout.
+    retry_budget_s: float = 20.0
     retry_backoff_s: float = 0.2  # pause before the first retry; doubles each time, at most 2 s
     retry_after_s: int = 1  # the Retry-After of the front's own 503s
     management: str | None = None  # TorchServe's management address: /health reads worker states there
