@@ -360,7 +360,6 @@ def check_slow_clients(stack: Stack, bodies: list[bytes], stalled: int, n: int) 
             sock.sendall(b"POST /predictions/clead HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
                          b"Content-Length: 100000\r\n\r\n\x89PNG\r\n\x1a\n")
         socks.append(sock)
-    during = Load(stack, bodies, n, 8).run().summary()
     closed_after: dict[str, list[float]] = {"headers": [], "body": []}
     answers: Counter = Counter()
 
@@ -379,6 +378,7 @@ def check_slow_clients(stack: Stack, bodies: list[bytes], stalled: int, n: int) 
     waiters = [threading.Thread(target=wait_closed, args=(i, sock), daemon=True) for i, sock in enumerate(socks)]
     for t in waiters:
         t.start()
+    during = Load(stack, bodies, n, 8).run().summary()  # beside the stalled clients
     for t in waiters:
         t.join()
     return {"stalled_connections": stalled, "baseline": baseline, "during": during, "stalled_answers": dict(answers),
