@@ -14,13 +14,17 @@ INFERENCE_PORT ?= 8080
 MANAGEMENT_PORT ?= 8081
 METRICS_PORT ?= 8082
 
-.PHONY: setup system-deps test test-fast serve stop demo bench study models report clean
+.PHONY: setup system-deps test test-fast serve stop demo bench reliability study models report clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# pyproject.toml holds the supported ranges, constraints.txt the tested versions (the lock).
+# torchattacks goes in with --no-deps: its requests~=2.25.1 pin would drag in requests, urllib3
+# and idna versions with published CVEs, and it never imports requests (see pyproject.toml).
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -e '.[$(EXTRAS)]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[$(EXTRAS)]'
+	$(BIN)/pip install -q --no-deps -c constraints.txt torchattacks
 	@touch $@
 
 # Debian packages the tests need: chromium for the browser test of the demo, java for TorchServe.
@@ -54,6 +58,13 @@ demo: $(STAMP)
 
 bench: $(STAMP) system-deps
 	$(BIN)/python -m benchmarks.run
+
+# The real stack on loopback under load, faults (worker, front, TorchServe killed), slow clients,
+# overload and hostile images; writes docs/reliability.md (about 10 minutes on 2 cores).
+# RELIABILITY_ARGS=--scale 0.1 for a quick look.
+RELIABILITY_ARGS ?=
+reliability: $(STAMP) system-deps
+	$(BIN)/python -m benchmarks.reliability --out docs/reliability.md $(RELIABILITY_ARGS)
 
 # The study of docs/study.yaml: trains every run (standard, PGD-AT, TRADES, the C-LEAD ablation,
 # C-LEAD on fixed views), picks the C-LEAD variant with the best robust validation accuracy,

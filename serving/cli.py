@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 DEFAULT_MODELS_DIR = Path("models/cifar10")
@@ -64,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_archive_args(up)
     up.add_argument("--timeout", type=float, default=300, help="seconds to wait for the models to answer")
     up.add_argument("--detach", action="store_true", help="return once ready; stop later with `clead-serve stop`")
+    up.add_argument("--max-restarts", type=int, default=5,
+                    help="restarts of a dead front or TorchServe allowed within --restart-window; then exit 1")
+    up.add_argument("--restart-window", type=float, default=600.0, help="seconds")
     up.set_defaults(func=cmd_up)
 
     stop = sub.add_parser("stop", help="stop the TorchServe started from --workdir")
@@ -86,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     triton.add_argument("--metrics-port", type=int, default=8002)
     triton.add_argument("--max-batch-size", type=int, default=8)
     triton.add_argument("--max-queue-delay-us", type=int, default=2_000)  # = TritonServeConfig
+    triton.add_argument("--max-restarts", type=int, default=5,
+                        help="restarts of a Triton that died allowed within --restart-window; then exit 1")
+    triton.add_argument("--restart-window", type=float, default=600.0, help="seconds")
     add_limit_args(triton)
     triton.set_defaults(func=cmd_triton)
 
@@ -180,11 +185,15 @@ def cmd_up(args: argparse.Namespace, argv: list[str]) -> int:
     if args.detach:
         print("running in the background; stop it with `make stop` (clead-serve stop)")
         return 0
+    from serving.supervisor import RestartPolicy, Supervisor
+
+    code = 0
     try:
         print("serving; press Ctrl-C to stop", flush=True)
-        while server.running():
-            time.sleep(1)
-        print("TorchServe or the front exited on its own; stopping the rest ...", flush=True)
+        # Restarts a dead front or TorchServe; returns only once the restart budget is spent.
+        code = Supervisor(server, RestartPolicy(max_restarts=args.max_restarts, window_s=args.restart_window,
+                                                ready_timeout_s=args.timeout)).run()
+        print("too many restarts; stopping the rest ...", flush=True)
     except KeyboardInterrupt:
         print("\nstopping TorchServe ...", flush=True)
     finally:
@@ -193,7 +202,7 @@ def cmd_up(args: argparse.Namespace, argv: list[str]) -> int:
         if proc is not None and proc.returncode not in (0, None, -signal.SIGTERM, 143):
             print(f"{what} exited with code {proc.returncode}; see {server.workdir / 'logs'}")
     print("stopped")
-    return 0
+    return code
 
 
 def _interrupt(signum: int, frame) -> None:
@@ -266,9 +275,13 @@ def cmd_triton(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"Triton is ready at http://{args.host}:{args.http_port} serving {', '.join(models)}; "
               "Ctrl-C stops it", flush=True)
 
-    serve(models, config, ready=ready)
-    print("Triton stopped", flush=True)
-    return 0
+    from serving.supervisor import RestartPolicy, keep_running
+
+    # serve() raises RuntimeError when Triton dies; it is started again (models reloaded) within the budget.
+    code = keep_running(lambda: serve(models, config, ready=ready), "Triton",
+                        RestartPolicy(max_restarts=args.max_restarts, window_s=args.restart_window))
+    print("Triton stopped" if code == 0 else "Triton died too often; stopped", flush=True)
+    return code
 
 
 def cmd_predict(args: argparse.Namespace, argv: list[str]) -> int:

@@ -19,7 +19,9 @@ import binascii
 import ctypes
 import io
 import json
+import logging
 import math
+import struct
 import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
@@ -30,12 +32,20 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from serving.artifact import ArtifactError, load_artifact
 
+logger = logging.getLogger(__name__)
+
 # Pillow decoders we accept; anything else (TIFF, PSD, EPS, ...) is refused before decoding.
 IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
 # Multipart field names taken as the image, in this order; a raw body arrives as "body".
 IMAGE_FIELDS = ("data", "body", "image", "file")
 TOPK_PARAM = "topk"  # query parameter / multipart field
 TOPK_HEADER = "x-topk"  # request header, case-insensitive
+# What Pillow's plugins raise on malformed files, found by fuzzing (tests/serving/test_fuzz.py):
+# OSError ("Truncated File Read", "image file is truncated", "broken data stream"), SyntaxError
+# (bad headers), ValueError / TypeError (bad tile or mode descriptors), struct.error (short
+# header fields), EOFError, IndexError / KeyError (palette and table lookups), ZeroDivisionError.
+MALFORMED = (OSError, SyntaxError, ValueError, TypeError, struct.error, EOFError, IndexError, KeyError,
+             ZeroDivisionError, AttributeError)
 
 
 @dataclass
@@ -140,25 +150,33 @@ def decode_image(data: bytes, input_size: Sequence[int], limits: Limits) -> torc
         raise RequestError(413, f"image refused as a decompression bomb: {exc}") from None
     except UnidentifiedImageError:
         raise RequestError(415, "body is not a JPEG, PNG, WebP, BMP or GIF image") from None
+    except MALFORMED as exc:
+        # Identified, but its header is cut or corrupt (a JPEG cut inside its header raises
+        # OSError "Truncated File Read" here, in Image.open, not at load()).
+        raise RequestError(400, f"cannot read the image header: {type(exc).__name__}: {exc}") from None
     width, height = image.size
     if width * height > limits.max_pixels:
         raise RequestError(
             413, f"image is {width}x{height} = {width * height} pixels, over the limit of {limits.max_pixels} pixels"
         )
+    if width < 1 or height < 1:
+        raise RequestError(400, f"image declares an empty size {width}x{height}")
     try:
-        image.seek(0)  # GIF / animated WebP: the first frame
-        image.load()
-        image = ImageOps.exif_transpose(image)
-        rgb = to_rgb(image)
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        # Pillow reports truncated or corrupt data as OSError ("image file is truncated"),
-        # SyntaxError (broken headers) or ValueError / EOFError depending on the plugin.
-        raise RequestError(400, f"cannot decode the {image.format} image: {exc}") from None
-    channels, out_h, out_w = input_size
-    if rgb.size != (out_w, out_h):
-        # Keep the aspect ratio: crop the centre to the model's shape, then downscale with an
-        # antialiased filter (torchvision's Resize + CenterCrop, in one Pillow call).
-        rgb = ImageOps.fit(rgb, (out_w, out_h), method=Image.Resampling.BICUBIC)
+        with warnings.catch_warnings():
+            # Corrupt EXIF or chunk data only warns; the pixels are what we use.
+            warnings.simplefilter("ignore")
+            image.seek(0)  # GIF / animated WebP: the first frame
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            rgb = to_rgb(image)
+            channels, out_h, out_w = input_size
+            if rgb.size != (out_w, out_h):
+                # Keep the aspect ratio: crop the centre to the model's shape, then downscale with an
+                # antialiased filter (torchvision's Resize + CenterCrop, in one Pillow call).
+                rgb = ImageOps.fit(rgb, (out_w, out_h), method=Image.Resampling.BICUBIC)
+    except MALFORMED as exc:
+        # Truncated or corrupt pixel data, broken EXIF, an impossible mode: this request's fault.
+        raise RequestError(400, f"cannot decode the {image.format} image: {type(exc).__name__}: {exc}") from None
     array = np.asarray(rgb, dtype=np.uint8)
     if channels == 1:
         array = array.mean(axis=2, keepdims=True).astype(np.uint8)
@@ -308,6 +326,12 @@ class Predictor:
                 slots.append(i)
             except RequestError as err:
                 responses[i] = err.to_json(self.name)
+            except Exception as exc:  # noqa: BLE001 - one request's failure must not fail its batch
+                # A decoder failure nobody foresaw: still this request's alone (its batch-mates
+                # are answered), logged with the traceback so it can be classified above.
+                logger.exception("request %d of a batch of %d failed to decode", i, len(requests))
+                responses[i] = RequestError(400, f"cannot decode the image: {type(exc).__name__}: {exc}").to_json(
+                    self.name)
         if tensors:
             probs = torch.softmax(self.forward(torch.stack(tensors)), dim=1)
             for slot, k, row in zip(slots, ks, probs):

@@ -175,6 +175,7 @@ class TorchServe:
         self.workdir = Path(self.config.workdir).resolve()
         self.process: subprocess.Popen | None = None
         self.front: subprocess.Popen | None = None
+        self.listener: socket.socket | None = None  # the front's listening socket, held across its restarts
 
     # -- setup -------------------------------------------------------------------------
     def prepare(self) -> list[Path]:
@@ -214,6 +215,18 @@ class TorchServe:
     def start(self, timeout_s: float = 180.0) -> None:
         """Start in the background (own session) and return once every model answers."""
         self.prepare()
+        self.launch()
+        try:
+            if self.config.front:
+                self.front = self.start_front()
+                self.write_record()
+            self.wait_ready(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def launch(self) -> None:
+        """TorchServe in its own session: one process group (launcher, java, workers); also a restart."""
         torchserve = shutil.which("torchserve", path=os.path.dirname(sys.executable)) or "torchserve"
         cmd = [
             torchserve, "--start", "--foreground", "--ncs",
@@ -221,34 +234,39 @@ class TorchServe:
             "--model-store", str(self.workdir / "model_store"),
             "--models", *[f"{name}={name}.mar" for name in self.models],
         ]
-        log = open(self.workdir / "logs" / "torchserve.out", "wb")
-        # cwd = workdir: TorchServe writes key_file.json into its working directory.
-        self.process = subprocess.Popen(cmd, cwd=self.workdir, env=self.env(), stdout=log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
+        # Appended, so a restart keeps the log of what died. cwd = workdir: TorchServe writes
+        # key_file.json into its working directory.
+        with open(self.workdir / "logs" / "torchserve.out", "ab") as log:
+            self.process = subprocess.Popen(cmd, cwd=self.workdir, env=self.env(), stdout=log,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+        self.write_record()
+
+    def write_record(self) -> None:
         record = {"pid": self.process.pid, "pgid": self.process.pid, **self.describe()}
+        if self.front is not None:
+            record["front_pid"] = self.front.pid
         write_record(self.workdir, record)
-        try:
-            if self.config.front:
-                self.front = self.start_front()
-                write_record(self.workdir, {**record, "front_pid": self.front.pid})
-            self.wait_ready(timeout_s)
-        except BaseException:
-            self.stop()
-            raise
 
     def start_front(self) -> subprocess.Popen:
         """``python -m serving.front`` on the inference port, relaying to TorchServe's own."""
         cfg = self.config
+        if self.listener is None:
+            # Bound here and handed down (as systemd socket activation does): while a dead front is
+            # restarted, new connections wait in the kernel's backlog instead of being refused.
+            self.listener = socket.create_server((cfg.public_host, cfg.inference_port), backlog=1024)
         cmd = [sys.executable, "-m", "serving.front", "--host", cfg.public_host, "--port", str(cfg.inference_port),
-               "--upstream", cfg.torchserve_inference_url, "--max-request-bytes", str(cfg.max_request_bytes)]
+               "--upstream", cfg.torchserve_inference_url, "--max-request-bytes", str(cfg.max_request_bytes),
+               "--management", cfg.management_url,  # /health reads the workers' states there
+               "--listen-fd", str(self.listener.fileno())]
+        if cfg.token_auth:
+            cmd += ["--key-file", str(self.workdir / KEY_FILE)]
         env = dict(os.environ)
         # Importable also when this project runs from a checkout without being installed.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
                                                           env.get("PYTHONPATH")]))
-        with open(self.workdir / "logs" / "front.log", "wb") as log:
+        with open(self.workdir / "logs" / "front.log", "ab") as log:  # appended: restarts keep the history
             return subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+                                    start_new_session=True, pass_fds=(self.listener.fileno(),))
 
     def describe(self) -> dict[str, Any]:
         cfg = self.config
@@ -342,6 +360,9 @@ class TorchServe:
                     proc.wait(timeout=5)
                 except subprocess.TimeoutExpired:
                     pass
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
 
 
 # -- process record, shared by `up` and `stop` ----------------------------------------------

@@ -9,11 +9,18 @@ A checkpoint is a plain dict of tensors and builtin types (loadable with
     config        the resolved run config (nested dicts), seed, git commit, versions
     epoch         epochs completed; plus optimizer/scheduler/head/rng state for --resume
     metrics       the last epoch's validation metrics
+
+Saving ``last.pt`` first moves the previous one to ``last.prev.pt``: a ``last.pt`` found
+truncated or corrupt (a full disk, a copy cut short, bit rot) is refused with an error naming
+the file, and :func:`load_resumable` falls back to the previous good one with a warning.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -23,23 +30,64 @@ from training.models import ImageClassifier, create_model
 
 LAST = "last.pt"
 BEST = "best.pt"
+# What torch.load raises on a truncated or corrupt file (a cut zip: RuntimeError "failed finding
+# central directory"; random bytes: UnpicklingError or IndexError; an empty file: EOFError).
+UNREADABLE = (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, TypeError, pickle.UnpicklingError,
+              zipfile.BadZipFile)
 
 
-def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """Write via a temporary file and ``os.replace`` so a killed run never leaves a corrupt file."""
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read (truncated, corrupt) or is not a clead checkpoint."""
+
+
+def previous_of(path: str | os.PathLike) -> Path:
+    """``last.pt`` -> ``last.prev.pt``: where the checkpoint before it is kept."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any], keep_previous: bool | None = None) -> None:
+    """Write via a temporary file and ``os.replace`` so a killed run never leaves a corrupt file.
+
+    ``keep_previous`` (default: for ``last.pt``) first moves the existing file to ``*.prev.pt``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     torch.save(state, tmp)
+    if (path.name == LAST if keep_previous is None else keep_previous) and path.is_file():
+        os.replace(path, previous_of(path))
     os.replace(tmp, path)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     path = resolve_checkpoint(path)
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except UNREADABLE as exc:
+        raise CheckpointError(f"cannot read checkpoint {path} (truncated or corrupt?): "
+                              f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
     if not isinstance(state, dict) or "model" not in state or "model_name" not in state:
-        raise ValueError(f"{path} is not a clead training checkpoint (no 'model'/'model_name' entries)")
+        raise CheckpointError(f"{path} is not a clead training checkpoint (no 'model'/'model_name' entries)")
     return state
+
+
+def load_resumable(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """``load_checkpoint(path)``, or, if that file is unreadable, its ``*.prev.pt`` with a warning
+    (the run then redoes the epochs after it). Raises CheckpointError naming both when neither loads."""
+    path = Path(path)
+    try:
+        return load_checkpoint(path, map_location)
+    except (CheckpointError, FileNotFoundError) as exc:
+        previous = previous_of(path)
+        if not previous.is_file():
+            raise
+        try:
+            state = load_checkpoint(previous, map_location)
+        except CheckpointError as prev_exc:
+            raise CheckpointError(f"{exc}; and the previous checkpoint: {prev_exc}") from prev_exc
+        warnings.warn(f"{exc}; resuming from the previous checkpoint {previous} "
+                      f"(epoch {state.get('epoch', '?')}) instead", RuntimeWarning, stacklevel=2)
+        return state
 
 
 def resolve_checkpoint(path: str | os.PathLike, prefer: str = BEST) -> Path:

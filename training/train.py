@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from training import config as C
 from training.attacks import create_attack
-from training.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
+from training.checkpoint import BEST, LAST, load_resumable, save_checkpoint
 from training.data import BatchLoader, ImageSet, load_train_val
 from training.curves import EpochObserver
 from training.ema import WeightEMA
@@ -393,7 +393,7 @@ def _fit(cfg: C.TrainConfig, dist_info: DistInfo, device: torch.device, command:
         x, y = next(iter(BatchLoader(train.head(cfg.data.batch_size), cfg.data.batch_size, device)))
         trainer.probe_cpu_amp(x, y)
     if cfg.resume:
-        trainer.load(load_checkpoint(out / LAST, map_location=device))
+        trainer.load(load_resumable(out / LAST, map_location=device))  # falls back to last.prev.pt
     else:
         torch.manual_seed(cfg.seed * 1000 + dist_info.rank)  # independent attack noise per rank
     info = {"command": command, "git_commit": git_commit(), "versions": versions(),

@@ -225,7 +225,8 @@ def test_chunked_answers_are_relayed_whole(front):
 
 
 def test_a_dead_upstream_is_a_502_json():
-    config = FrontConfig(port=0, upstream=f"http://127.0.0.1:{free_port()}", upstream_timeout_s=5)
+    # A short retry budget: the front retries an unreachable TorchServe (test_front_reliability.py).
+    config = FrontConfig(port=0, upstream=f"http://127.0.0.1:{free_port()}", upstream_timeout_s=5, retry_budget_s=1)
     server = FrontServer(config)
     serve(server)
     try:
