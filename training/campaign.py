@@ -271,10 +271,11 @@ def execute(plan: Plan, max_jobs: int, deadline: Optional[float], log_dir: Path)
                     out = Path(argv[argv.index("--out") + 1])
                     if (out / "last.pt").is_file():
                         argv.append("--resume")
-                log = open(log_dir / (job.name.replace(":", "-").replace(" ", "_").replace("/", "_") + ".log"), "ab")
                 say(f"start   {job.name}: clead-train {shlex.join(argv)}")
-                job.proc = subprocess.Popen(plan.cli(*argv), stdout=log, stderr=subprocess.STDOUT,
-                                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                # The child writes through its own copy of the descriptor: ours closes at once.
+                with open(log_dir / (job.name.replace(":", "-").replace(" ", "_").replace("/", "_") + ".log"), "ab") as log:
+                    job.proc = subprocess.Popen(plan.cli(*argv), stdout=log, stderr=subprocess.STDOUT,
+                                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
                 job.status = "running"
             if all(j.status not in ("pending", "running") for j in jobs):
                 break

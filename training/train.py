@@ -170,7 +170,6 @@ def cpu_bf16_native() -> bool:
 class Trainer:
     def __init__(self, cfg: C.TrainConfig, dist_info: DistInfo, device: torch.device) -> None:
         self.cfg, self.dist, self.device = cfg, dist_info, device
-        self.out = Path(cfg.out)
         self.dtype = amp_dtype(cfg, device)
         self.amp_probe: Optional[dict[str, float]] = None
         self.channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
