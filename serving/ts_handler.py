@@ -66,6 +66,7 @@ class CleadHandler(BaseHandler):
         topks = [self._topk(request, h) for request, h in zip(data, headers)]
         rejected = [self._form_encoded(h) for h in headers]
         responses = self.predictor.predict(data, topks, rejected)
+        record_suspicion(getattr(context, "metrics", None), responses)
         # Under a request envelope (KServe) ``data`` holds the instances of one request, so
         # there may be more entries than HTTP requests to set a status on.
         for idx, response in enumerate(responses[: len(context.request_processor or [])]):
@@ -105,3 +106,21 @@ class CleadHandler(BaseHandler):
         if TOPK_PARAM in request:
             return request[TOPK_PARAM]
         return headers.get(TOPK_HEADER)
+
+
+def record_suspicion(metrics: Any, responses: list[dict[str, Any]]) -> None:
+    """Per batch: ``SuspicionFlagged`` / ``SuspicionScored`` counters and a ``Suspicion`` histogram.
+
+    TorchServe adds the ModelName dimension itself. In log mode they land in
+    ``logs/model_metrics.log``; in prometheus mode on the metrics port, once declared in the
+    metrics config (or with ``model_metrics_auto_detect``). No-op for artifacts without the score.
+    """
+    scores = [r["suspicion"] for r in responses if "suspicion" in r]
+    if metrics is None or not scores:
+        return
+    from ts.metrics.metric_type_enum import MetricTypes
+
+    metrics.add_counter("SuspicionScored", len(scores))
+    metrics.add_counter("SuspicionFlagged", sum(bool(r.get("flagged")) for r in responses if "suspicion" in r))
+    for score in scores:
+        metrics.add_metric("Suspicion", score, unit="ratio", metric_type=MetricTypes.HISTOGRAM)

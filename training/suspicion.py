@@ -189,6 +189,7 @@ def augment_artifact(src: str | os.PathLike, out: str | os.PathLike, proto_image
         torch.jit.save(scripted, str(tmp))
     os.replace(tmp, out)
     meta = dict(meta)
+    original_sha = str(meta.get("sha256", ""))
     meta.update(file=out.name, sha256=sha256_file(out))
     meta["suspicion"] = {
         "method": "cosine distance of the penultimate embedding from the predicted class's prototype, "
@@ -198,7 +199,8 @@ def augment_artifact(src: str | os.PathLike, out: str | os.PathLike, proto_image
         "calibration_images": int(len(val_images)),
         "prototype_images": int(len(proto_images)),
         "config": asdict(config),
-        "logits_from": str(meta.get("sha256", "")),  # the original file's sha256: logits checked bit-identical
+        "torch_version": str(torch.__version__),  # torch that wrote the augmented file
+        "logits_from": original_sha,  # sha256 of the file it was built from: logits checked bit-identical
     }
     write_json_atomic(out.with_suffix(".json"), meta)
     return out
