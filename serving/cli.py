@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     red.add_argument("--seed", type=int, default=0)
     red.add_argument("--concurrency", type=int, default=16, help="HTTP requests in flight at once")
     red.add_argument("--chunk", type=int, default=50, help="images attacked together")
+    red.add_argument("--p-init", type=float, default=0.8,
+                     help="Square's initial share of pixels changed (0.8: AutoAttack's setting, and torchattacks' "
+                          "default; measured on 18 images x 100 queries of the baseline: 0.05 fooled 22%%, 0.3 and 0.8 44%%, 0.8 in fewer queries)")
     red.add_argument("--max-seconds", type=float, default=1800, help="wall-time budget of the run")
     red.add_argument("--allow-remote", action="store_true", help="permit a non-loopback --url")
     red.add_argument("--data", type=Path, default=Path("../shared/data/cifar10"), help="folder with test.tar.gz")
@@ -324,7 +327,7 @@ def cmd_redteam(args: argparse.Namespace, argv: list[str]) -> int:
     config = RedteamConfig(url=args.url, model=args.model, attack=args.attack, eps=eps, queries=args.queries, n=args.n,
                            seed=args.seed, concurrency=args.concurrency, chunk=args.chunk,
                            max_seconds=args.max_seconds, allow_remote=args.allow_remote,
-                           whitebox_steps=args.whitebox_steps)
+                           whitebox_steps=args.whitebox_steps, p_init=args.p_init)
     check_url(config.url, config.allow_remote)  # before loading anything
     artifact = args.artifact or args.models_dir / f"{args.model}.pt"
     if not artifact.is_file():

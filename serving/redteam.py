@@ -59,7 +59,7 @@ class RedteamConfig:
     max_seconds: float = 1800.0  # wall-time budget of the whole run
     allow_remote: bool = False  # permit a non-loopback URL
     timeout: float = 60.0  # seconds per HTTP request
-    p_init: float = 0.05  # Square's initial fraction of pixels changed (its paper's L-inf CIFAR-10 choice)
+    p_init: float = 0.8  # Square's initial share of pixels changed (AutoAttack's setting with Square)
     whitebox_steps: int = 50  # APGD-CE steps of the local white-box comparison; 0 skips it
 
 
