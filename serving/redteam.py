@@ -210,7 +210,9 @@ def square_attack(model: RemoteClassifier, clean: torch.Tensor, labels: torch.Te
     import torchattacks
 
     x = clean.float() / 255
-    attack = torchattacks.Square(model, norm="Linf", eps=config.eps, n_queries=config.queries, n_restarts=1,
+    # Square spends one query on its initial stripes and then one per iteration of n_queries, so
+    # queries - 1 iterations keep each image within its budget of `queries`.
+    attack = torchattacks.Square(model, norm="Linf", eps=config.eps, n_queries=max(1, config.queries - 1), n_restarts=1,
                                  p_init=config.p_init, loss="margin", seed=config.seed)
     attack.init_hyperparam(x)
     torch.manual_seed(config.seed)  # what Square.perturb does before its restarts

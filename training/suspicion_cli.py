@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     ev.set_defaults(func=cmd_eval)
     args = parser.parse_args(argv)
     try:
-        return args.func(args) or 0
+        return (args.func(args, argv) if args.func is cmd_eval else args.func(args)) or 0
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
         print(f"suspicion {args.command}: error: {exc}", file=sys.stderr)
         return 1
@@ -79,7 +80,7 @@ def cmd_augment(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
+def cmd_eval(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     from training.suspicion_eval import EvalConfig, evaluate_models, write_outputs
 
     config = EvalConfig(n=args.n, eps=parse_eps(args.eps), attacks=tuple(a for a in args.attacks.split(",") if a),
@@ -87,7 +88,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                         seed=args.seed, threads=args.threads)
     redteam = dict(spec.split("=", 1) for spec in args.redteam)
     results = evaluate_models(args.artifacts, args.data, config, redteam)
-    write_outputs(results, config, args.out, args.markdown)
+    command = "python -m training.suspicion_cli " + shlex.join(sys.argv[1:] if argv is None else argv)
+    write_outputs(results, config, args.out, args.markdown, command=command)
     print(args.markdown.read_text())
     return 0
 
