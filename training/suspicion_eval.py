@@ -207,13 +207,38 @@ def markdown(results: Mapping[str, Any], command: str = "") -> str:
         for attack, a in rows:
             lines.append(f"| {name} | {attack} | {a['robust_acc']:.3f} | {_fmt(a['roc_auc'])} | "
                          f"{_fmt(a['roc_auc_fooled'])} | {_fmt(a['detection_rate_fooled'])} | {a['fooled']} |")
-    lines += ["", "APGD-T here is the project's APGD-T with 20 steps and 1 target class (a reduced budget to "
+    lines += ["", *verdicts(results), "", "APGD-T here is the project's APGD-T with 20 steps and 1 target class (a reduced budget to "
               "fit the CPU); PGD-20 is the registry's `pgd` with 20 steps. The adaptive attack is PGD-20 on "
               "`CE - w * raw score` (Carlini & Wagner 2017); redteam-square rows score the final 8-bit images "
               "of a `clead-serve redteam` run (its own images and n).", ""]
     if command:
         lines += ["Command:", "", f"    {command}", ""]
     return "\n".join(lines)
+
+
+TARGET_AUC = 0.90  # issue #15: against non-adaptive PGD-20 on the hardened model
+
+
+def verdicts(results: Mapping[str, Any]) -> list[str]:
+    """One line per model: the PGD-20 target, and whether the adaptive attack evades the flag."""
+    lines = []
+    for name, r in results["models"].items():
+        pgd = r["attacks"].get("pgd20")
+        parts = []
+        if pgd and pgd["roc_auc"] is not None:
+            met = "met" if pgd["roc_auc"] >= TARGET_AUC else "**missed**"
+            parts.append(f"ROC AUC against PGD-20 {pgd['roc_auc']:.3f} (target >= {TARGET_AUC:.2f}: {met})")
+        for key, a in r["adaptive"].items():
+            rate = a["detection_rate_fooled"]
+            if rate is None:
+                continue
+            evaded = rate <= r["clean_flagged_rate"]
+            parts.append(f"adaptive {key}: detection {rate:.3f} among {a['fooled']} fooled, ROC AUC "
+                         f"{_fmt(a['roc_auc'])}" + (" - **evaded** (flagged no more often than clean images, "
+                                                    f"{r['clean_flagged_rate']:.3f})" if evaded else ""))
+        if parts:
+            lines.append(f"* **{name}**: " + "; ".join(parts) + ".")
+    return lines
 
 
 def write_outputs(results: Mapping[str, Any], config: EvalConfig, out: Path, md_path: Path, command: str = "") -> None:

@@ -119,8 +119,9 @@ def flagged_total(workdir: Path, model: str) -> int:
     path = workdir / "logs" / "model_metrics.log"
     if not path.is_file():
         return 0
-    pattern = re.compile(r"SuspicionFlagged\.Count:(\d+)\|#ModelName:" + re.escape(model) + ",")
-    return sum(int(m.group(1)) for m in pattern.finditer(path.read_text()))
+    # e.g. "SuspicionFlagged.Count:3.0|#ModelName:baseline,Level:Model|#hostname:..."
+    pattern = re.compile(r"SuspicionFlagged\.Count:([0-9.]+)\|#ModelName:" + re.escape(model) + ",")
+    return round(sum(float(m.group(1)) for m in pattern.finditer(path.read_text())))
 
 
 @pytest.fixture(scope="module")
