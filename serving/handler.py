@@ -300,8 +300,9 @@ class Predictor:
         if self.suspicion is None:
             return self.forward(batch), None
         batch = batch.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-        use_bf16 = self.limits.bf16 and self.device.type == "cuda"
-        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+        # Always fp32, bf16 or not: the threshold was calibrated on fp32 embeddings, and bf16 ones
+        # would shift every score (the flag rate on clean images would no longer be the documented one).
+        with torch.inference_mode():
             logits, scores = self.suspicion(batch)
         return logits.float().cpu(), scores.float().cpu()
 

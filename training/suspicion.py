@@ -83,7 +83,8 @@ class SuspicionArtifact(nn.Module):
         feats = self.features(x)
         logits = self.head(feats)
         raw = raw_score(feats, logits, self.prototypes)
-        calibrated = torch.searchsorted(self.calibration, raw.detach().contiguous(), right=True).float()
+        # float(): under autocast raw may be bf16, and searchsorted wants the calibration's dtype.
+        calibrated = torch.searchsorted(self.calibration, raw.detach().float().contiguous(), right=True).float()
         return logits, raw, calibrated / float(self.calibration.numel())
 
 
