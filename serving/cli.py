@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     red = sub.add_parser("redteam", help="black-box (query) attack on a running server through its HTTP API")
     red.add_argument("--url", default="http://127.0.0.1:8080")
     red.add_argument("--model", default="clead")
-    red.add_argument("--attack", default="square", help="square (score-based, L-inf)")
+    red.add_argument("--attack", default="square", choices=("square", "rays"),
+                     help="square (score-based) or rays (decision-based: labels only); both L-inf")
     red.add_argument("--eps", default="8/255", help="L-inf radius, e.g. 8/255")
     red.add_argument("--queries", type=int, default=1000, help="query budget per image")
     red.add_argument("--n", type=int, default=200, help="CIFAR-10 test images attacked")

@@ -10,6 +10,8 @@ and inside the eps-ball of the clean image's 8-bit pixels before it is sent.
   round of HTTP requests. Each iteration of the attack queries every image not yet fooled at
   once; those queries go out as concurrent requests, so the server batches the attacker's
   queries as it batches anyone's.
+* ``rays``: RayS (Chen & Gu, 2020), L-inf, decision-based: uses only the predicted label
+  (``serving/rays.py``, written here; see why there). Same rounds of concurrent queries.
 
 The run is bounded three ways: queries per image (``--queries``), images (``--n``) and wall
 time (``--max-seconds``, checked before every round of queries). It talks to loopback only
@@ -37,7 +39,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-ATTACKS = ("square",)
+from serving.rays import rays_attack
+
+ATTACKS = ("square", "rays")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
@@ -307,9 +311,14 @@ def run_redteam(config: RedteamConfig, engine: HTTPEngine, clean: torch.Tensor, 
             queries[sl] = 1
             right = torch.nonzero(clean_pred[sl] == labels[sl]).flatten() + s
             if len(right):
-                model.project = _RowTracker(clean[right], config.eps)
-                adv_right, q = square_attack(model, clean[right], labels[right], config)
-                model.project = None
+                if config.attack == "rays":
+                    adv_right, q = rays_attack(lambda imgs: torch.tensor([r["index"] for r in model.classify(imgs)]),
+                                               clean[right], labels[right], math.floor(config.eps * 255 + 1e-6),
+                                               config.queries)
+                else:
+                    model.project = _RowTracker(clean[right], config.eps)
+                    adv_right, q = square_attack(model, clean[right], labels[right], config)
+                    model.project = None
                 adv[right] = adv_right
                 queries[right] += q
             # What the server says about the final 8-bit images (the verdict the report uses).

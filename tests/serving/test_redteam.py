@@ -76,13 +76,14 @@ def test_remote_classifier_returns_log_probabilities(artifacts):
 
 
 @pytest.mark.slow
-def test_run_stays_within_its_bounds(artifacts, tmp_path):
+@pytest.mark.parametrize("attack", ["square", "rays"])
+def test_run_stays_within_its_bounds(artifacts, tmp_path, attack):
     """Query budget per image, the 8-bit eps-ball, robust <= clean, and the report files."""
     g = torch.Generator().manual_seed(0)
     clean = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8, generator=g)
     engine = InProcessEngine(artifacts["clead"])
     labels = torch.tensor([engine.post(png_bytes(img))["index"] for img in clean])  # all clean-correct
-    config = RedteamConfig(model="tiny", queries=20, n=6, chunk=4, whitebox_steps=2, concurrency=2)
+    config = RedteamConfig(model="tiny", attack=attack, queries=20, n=6, chunk=4, whitebox_steps=2, concurrency=2)
     report = run_redteam(config, engine, clean, labels, artifact=artifacts["clead"])
     assert report["n"] == 6 and report["clean_acc"] == 1.0
     assert report["robust_acc"] <= report["clean_acc"]
@@ -98,6 +99,27 @@ def test_run_stays_within_its_bounds(artifacts, tmp_path):
     assert saved["total_queries"] == report["total_queries"] and (out / "adversarial.npz").is_file()
     assert "accuracy under attack" in (out / "report.md").read_text()
     assert "| queries sent |" in format_table([saved])
+
+
+def test_rays_fools_only_within_eps_and_counts_its_queries():
+    """A known decision rule: class 1 once the mean pixel passes a threshold, else class 0."""
+    from serving.rays import rays_attack
+
+    clean = torch.full((4, 3, 8, 8), 100, dtype=torch.uint8)
+    clean[2:] = 120  # these two sit closer to the threshold (mean 125)
+    calls = []
+
+    def classify(images: torch.Tensor) -> torch.Tensor:
+        calls.append(len(images))
+        return (images.float().mean(dim=(1, 2, 3)) > 125).long()
+
+    labels = torch.zeros(4, dtype=torch.long)
+    adv, spent = rays_attack(classify, clean, labels, eps_levels=8, queries=50)
+    assert int(spent.sum()) == sum(calls) and int(spent.max()) <= 50
+    assert (adv.int() - clean.int()).abs().max() <= 8
+    fooled = classify(adv) != labels
+    assert fooled.tolist() == [False, False, True, True]  # 25 levels away is out of reach, 5 is not
+    assert max(calls) > 1  # images step together: one round of queries per step
 
 
 def test_time_budget_stops_the_run(artifacts):
