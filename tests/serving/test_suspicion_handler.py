@@ -134,3 +134,22 @@ def test_handler_records_metrics_through_the_context(scored):
     flagged = sum('"flagged": true' in body for body in bodies)
     assert context.metrics.counters["SuspicionFlagged"] == flagged
     assert len(context.metrics.histogram) == 2
+
+
+def test_archive_carries_every_serving_module_the_handler_imports(scored, tmp_path):
+    """The .mar runs without this project installed: its serving copy must import on its own."""
+    import subprocess
+    import sys
+    import zipfile
+
+    from serving.archive import build_archive
+
+    mar = build_archive(scored, "clead", tmp_path / "store")
+    root = tmp_path / "unpacked"
+    with zipfile.ZipFile(mar) as archive:
+        archive.extractall(root)
+    code = ("import serving, serving.handler, serving.suspicion; "
+            "assert serving.__file__.startswith(%r), serving.__file__; "
+            "p = serving.handler.Predictor.from_artifact('clead.pt'); assert p.suspicion is not None" % str(root))
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
