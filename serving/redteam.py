@@ -329,6 +329,9 @@ def run_redteam(config: RedteamConfig, engine: HTTPEngine, clean: torch.Tensor, 
             done[sl] = True
     except BudgetExceeded as exc:
         stopped = str(exc)
+    except (OSError, RuntimeError) as exc:  # requests' errors are OSErrors; a non-200 answer is a RuntimeError
+        # The server went away or refused: report the images finished so far instead of nothing.
+        stopped = f"the server failed: {exc}"
     finally:
         model.close()
     wall = time.monotonic() - start

@@ -195,3 +195,24 @@ def test_redteam_against_torchserve(shipped_server, cifar_root, tmp_path):
             time.sleep(1)
         assert report["suspicion"]["flagged_queries"] > 0
     assert reports["baseline"]["attack_success_rate"] > reports["clead"]["attack_success_rate"]
+
+
+def test_a_server_that_goes_away_ends_the_run_with_a_partial_report(artifacts):
+    import requests
+
+    class Dying(InProcessEngine):
+        def __init__(self, artifact, calls: int) -> None:
+            super().__init__(artifact)
+            self.left = calls
+
+        def post(self, png: bytes) -> dict:
+            self.left -= 1
+            if self.left < 0:
+                raise requests.ConnectionError("Remote end closed connection without response")
+            return super().post(png)
+
+    clean = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([InProcessEngine(artifacts["clead"]).post(png_bytes(img))["index"] for img in clean])
+    config = RedteamConfig(queries=50, n=4, chunk=2, whitebox_steps=0, concurrency=1)
+    report = run_redteam(config, Dying(artifacts["clead"], calls=30), clean, labels)
+    assert "the server failed" in report["stopped_early"] and report["n"] < 4
