@@ -215,6 +215,21 @@ def local_topk(model: LabModel, x: torch.Tensor, k: int = TOP_K) -> TopK:
     return [(classes[i], float(p)) for p, i in zip(values.tolist(), indices.tolist())]
 
 
+def local_suspicion(model: LabModel, x: torch.Tensor) -> Optional[float]:
+    """The artifact's own suspicion score of ``x`` (training/suspicion.py), or None without one."""
+    method = getattr(model.module, "suspicion", None)
+    if method is None:
+        return None
+    with torch.no_grad():
+        return float(method(x)[2][0])
+
+
+def suspicion_text(score: Optional[float], threshold: float) -> str:
+    if score is None:
+        return ""
+    return f"suspicion {score:.2f}" + (" (flagged)" if score > threshold else "")
+
+
 @dataclass
 class Outcome:
     """What one model saw: its clean and adversarial predictions and the image it was shown."""
@@ -225,6 +240,9 @@ class Outcome:
     delta: torch.Tensor
     clean: TopK
     adversarial: TopK
+    clean_suspicion: Optional[float] = None  # the artifact's suspicion score, when it has one
+    adversarial_suspicion: Optional[float] = None
+    threshold: float = 0.95  # flagged above this (the artifact's metadata)
 
     @property
     def linf(self) -> float:
@@ -240,7 +258,11 @@ class Outcome:
 
     def verdict(self) -> str:
         clean, adv = self.clean[0][0], self.adversarial[0][0]
-        return f"{self.model} fooled: {clean} -> {adv}" if self.fooled else f"{self.model} holds: {clean}"
+        text = f"{self.model} fooled: {clean} -> {adv}" if self.fooled else f"{self.model} holds: {clean}"
+        if self.clean_suspicion is None or self.adversarial_suspicion is None:
+            return text
+        return (f"{text} ({suspicion_text(self.clean_suspicion, self.threshold)} clean, "
+                f"{suspicion_text(self.adversarial_suspicion, self.threshold)} adversarial)")
 
 
 @dataclass
@@ -312,7 +334,9 @@ def run_lab(
     for role in ROLES:
         x_adv = adversarial[against[role]]
         result.outcomes[role] = Outcome(
-            models[role].title, against[role], x_adv, x_adv - x, clean[role], predict(models[role], x_adv)
+            models[role].title, against[role], x_adv, x_adv - x, clean[role], predict(models[role], x_adv),
+            local_suspicion(models[role], x), local_suspicion(models[role], x_adv),
+            float((models[role].meta.get("suspicion") or {}).get("threshold", 0.95)),
         )
     result.seconds = time.perf_counter() - start
     report(1.0, "done")

@@ -22,7 +22,7 @@ from serving.handler import Limits
 
 SERVING_DIR = Path(__file__).resolve().parent
 # What the handler imports at run time; nothing else of the package goes into the archive.
-PACKAGED_MODULES = ("__init__.py", "artifact.py", "handler.py", "handler_metrics.py")
+PACKAGED_MODULES = ("__init__.py", "artifact.py", "handler.py", "handler_metrics.py", "suspicion.py")
 
 
 @dataclass

@@ -5,6 +5,7 @@
     clead-serve archive   build one .mar from an exported artifact
     clead-serve triton    serve the same artifacts with PyTriton (own venv, made on first use)
     clead-serve predict   send images to either engine and print the top-k
+    clead-serve redteam   black-box attack on a running server, through HTTP only
 """
 
 from __future__ import annotations
@@ -104,6 +105,32 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--key-file", type=Path, default=DEFAULT_WORKDIR / "key_file.json")
     predict.add_argument("--json", action="store_true", help="print one JSON response per line")
     predict.set_defaults(func=cmd_predict)
+
+    red = sub.add_parser("redteam", help="black-box (query) attack on a running server through its HTTP API")
+    red.add_argument("--url", default="http://127.0.0.1:8080")
+    red.add_argument("--model", default="clead")
+    red.add_argument("--attack", default="square", choices=("square", "rays"),
+                     help="square (score-based) or rays (decision-based: labels only); both L-inf")
+    red.add_argument("--eps", default="8/255", help="L-inf radius, e.g. 8/255")
+    red.add_argument("--queries", type=int, default=1000, help="query budget per image")
+    red.add_argument("--n", type=int, default=200, help="CIFAR-10 test images attacked")
+    red.add_argument("--seed", type=int, default=0)
+    red.add_argument("--concurrency", type=int, default=16, help="HTTP requests in flight at once")
+    red.add_argument("--chunk", type=int, default=50, help="images attacked together")
+    red.add_argument("--p-init", type=float, default=0.8,
+                     help="Square's initial share of pixels changed (0.8: AutoAttack's setting, and torchattacks' "
+                          "default; measured on 18 images x 100 queries of the baseline: 0.05 fooled 22%%, 0.3 and 0.8 44%%, 0.8 in fewer queries)")
+    red.add_argument("--max-seconds", type=float, default=1800, help="wall-time budget of the run")
+    red.add_argument("--allow-remote", action="store_true", help="permit a non-loopback --url")
+    red.add_argument("--data", type=Path, default=Path("../shared/data/cifar10"), help="folder with test.tar.gz")
+    red.add_argument("--artifact", type=Path, default=None,
+                     help="local artifact for the white-box APGD comparison (default: --models-dir/<model>.pt)")
+    red.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR)
+    red.add_argument("--whitebox-steps", type=int, default=50, help="APGD-CE steps; 0 skips the comparison")
+    red.add_argument("--key", default=None, help="TorchServe inference key (default: read --key-file)")
+    red.add_argument("--key-file", type=Path, default=DEFAULT_WORKDIR / "key_file.json")
+    red.add_argument("--out", type=Path, default=None, help="default runs/redteam-<model>")
+    red.set_defaults(func=cmd_redteam)
     return parser
 
 
@@ -308,6 +335,33 @@ def cmd_predict(args: argparse.Namespace, argv: list[str]) -> int:
             continue
         print(json.dumps({"image": str(image), **response}) if args.json else format_prediction(str(image), response))
     return 1 if failures else 0
+
+
+def cmd_redteam(args: argparse.Namespace, argv: list[str]) -> int:
+    import shlex
+
+    from serving.redteam import HTTPEngine, RedteamConfig, check_url, format_table, load_test_images, run_redteam, write_report
+
+    num, sep, den = args.eps.partition("/")
+    eps = float(num) / float(den) if sep else float(num)
+    config = RedteamConfig(url=args.url, model=args.model, attack=args.attack, eps=eps, queries=args.queries, n=args.n,
+                           seed=args.seed, concurrency=args.concurrency, chunk=args.chunk,
+                           max_seconds=args.max_seconds, allow_remote=args.allow_remote,
+                           whitebox_steps=args.whitebox_steps, p_init=args.p_init)
+    check_url(config.url, config.allow_remote)  # before loading anything
+    artifact = args.artifact or args.models_dir / f"{args.model}.pt"
+    if not artifact.is_file():
+        print(f"no local artifact {artifact}: skipping the white-box comparison", file=sys.stderr)
+        artifact = None
+    clean, labels, _ = load_test_images(args.data, config.n, config.seed)
+    key_file = args.key_file if args.key_file and args.key_file.is_file() else None
+    engine = HTTPEngine(config.url, config.model, key=args.key, key_file=key_file, timeout=config.timeout)
+    report = run_redteam(config, engine, clean, labels, artifact)
+    out = write_report(report, args.out or Path(f"runs/redteam-{args.model}"),
+                       command="clead-serve " + shlex.join(argv))
+    print(format_table([report]))
+    print(f"wrote {out / 'report.json'} and {out / 'report.md'}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from serving.artifact import ArtifactError, load_artifact
+from serving.suspicion import SUSPICION_METHOD, SuspicionScorer
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ TOPK_HEADER = "x-topk"  # request header, case-insensitive
 # header fields), EOFError, IndexError / KeyError (palette and table lookups), ZeroDivisionError.
 MALFORMED = (OSError, SyntaxError, ValueError, TypeError, struct.error, EOFError, IndexError, KeyError,
              ZeroDivisionError, AttributeError)
+TOPK_ALL = "all"  # topk value asking for every class, plus the full-precision probability vector
 
 
 @dataclass
@@ -122,14 +124,19 @@ def extract_image(request: Mapping[str, Any]) -> bytes:
 
 
 def parse_topk(value: Any, default: int, num_classes: int) -> int:
-    """``k`` from a query parameter or header; clamped to [1, num_classes], must be an integer."""
+    """``k`` from a query parameter or header; clamped to [1, num_classes], must be an integer.
+
+    ``all`` returns ``-1``: every class, and the unrounded probability vector (score-based
+    attacks and calibration tools need it; see docs/serving.md)."""
     if value is None or value == b"" or value == "":
         return min(default, num_classes)
     text = value.decode("utf-8", "replace") if isinstance(value, (bytes, bytearray)) else str(value)
+    if text.strip().lower() == TOPK_ALL:
+        return -1
     try:
         k = int(text.strip())
     except ValueError:
-        raise RequestError(400, f"topk must be an integer between 1 and {num_classes}, got {text!r}") from None
+        raise RequestError(400, f"topk must be an integer between 1 and {num_classes} or 'all', got {text!r}") from None
     if k < 1:
         raise RequestError(400, f"topk must be at least 1, got {k}")
     return min(k, num_classes)
@@ -237,11 +244,13 @@ def optimize_for_cpu(module: torch.nn.Module, device: torch.device) -> tuple[tor
     """
     if device.type != "cpu" or not isinstance(module, torch.jit.ScriptModule):
         return module, torch.contiguous_format
+    # Freezing keeps only forward unless told otherwise; the suspicion method must survive it.
+    keep = [SUSPICION_METHOD] if hasattr(module, SUSPICION_METHOD) else None
     with warnings.catch_warnings():
         # torch >= 2.10 flags torch.jit as deprecated (see serving/artifact.py).
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
-        module = torch.jit.freeze(module.eval().to(memory_format=torch.channels_last))
+        module = torch.jit.freeze(module.eval().to(memory_format=torch.channels_last), preserved_attrs=keep)
     return module, torch.channels_last
 
 
@@ -274,6 +283,8 @@ class Predictor:
         self.input_size = tuple(int(s) for s in metadata["input_size"])
         self.name = name or str(metadata.get("name") or "model")
         self.version = str(version or metadata.get("version") or "1")
+        # Artifacts augmented by training/suspicion.py also score every image (serving/suspicion.py).
+        self.suspicion = SuspicionScorer.from_artifact(self.module, self.metadata)
         self._check_output()
 
     @classmethod
@@ -301,6 +312,17 @@ class Predictor:
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
             logits = self.module(batch)
         return logits.float().cpu()
+
+    def forward_scored(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(logits, suspicion per image or None when the artifact has no suspicion method)."""
+        if self.suspicion is None:
+            return self.forward(batch), None
+        batch = batch.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        # Always fp32, bf16 or not: the threshold was calibrated on fp32 embeddings, and bf16 ones
+        # would shift every score (the flag rate on clean images would no longer be the documented one).
+        with torch.inference_mode():
+            logits, scores = self.suspicion(batch)
+        return logits.float().cpu(), scores.float().cpu()
 
     def predict(
         self,
@@ -333,13 +355,17 @@ class Predictor:
                 responses[i] = RequestError(400, f"cannot decode the image: {type(exc).__name__}: {exc}").to_json(
                     self.name)
         if tensors:
-            probs = torch.softmax(self.forward(torch.stack(tensors)), dim=1)
-            for slot, k, row in zip(slots, ks, probs):
+            logits, scores = self.forward_scored(torch.stack(tensors))
+            probs = torch.softmax(logits, dim=1)
+            for j, (slot, k, row) in enumerate(zip(slots, ks, probs)):
                 responses[slot] = self.format(row, k, batch_size=len(tensors))
+                if scores is not None:
+                    responses[slot].update(self.suspicion.describe(float(scores[j])))
         return responses  # type: ignore[return-value]
 
     def format(self, probs: torch.Tensor, k: int, batch_size: int) -> dict[str, Any]:
-        values, indices = probs.topk(k)
+        every = k < 0  # topk=all
+        values, indices = probs.topk(len(self.classes) if every else k)
         top = {self.classes[i]: round(float(v), 6) for v, i in zip(values.tolist(), indices.tolist())}
         index = int(indices[0])
         prob = float(values[0])
@@ -354,6 +380,8 @@ class Predictor:
             "topk": top,
             "batch_size": batch_size,  # how many images shared this forward pass
             "device": str(self.device),
+            # Unrounded (float32 as JSON), class order of the metadata: only with topk=all.
+            **({"probabilities": [float(p) for p in probs.tolist()]} if every else {}),
         }
 
 

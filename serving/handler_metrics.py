@@ -35,6 +35,11 @@ ERRORS = "CleadRequestErrors"
 BATCH_SIZE = "CleadBatchSize"
 DECODE_SECONDS = "CleadDecodeSeconds"
 FORWARD_SECONDS = "CleadForwardSeconds"
+# The suspicion score (serving/suspicion.py), for artifacts that carry it: how many answers were
+# scored and flagged, and the distribution of the score, so that an attack visibly moves them.
+SUSPICION_SCORED = "SuspicionScored"
+SUSPICION_FLAGGED = "SuspicionFlagged"
+SUSPICION = "Suspicion"
 MODEL_ERROR = "ModelError"  # ErrorType of a batch that failed as a whole (TorchServe answers 5xx)
 
 # (type, name, unit, extra dimensions). The API appends ModelName and Level; the worker, Hostname.
@@ -44,6 +49,9 @@ MODEL_METRICS = (
     ("histogram", BATCH_SIZE, "count", ()),
     ("histogram", DECODE_SECONDS, "s", ()),
     ("histogram", FORWARD_SECONDS, "s", ()),
+    ("counter", SUSPICION_SCORED, "count", ()),
+    ("counter", SUSPICION_FLAGGED, "count", ()),
+    ("histogram", SUSPICION, "ratio", ()),
 )
 DEFAULT_DIMENSIONS = ("ModelName", "Level")
 
@@ -108,6 +116,12 @@ def record_batch(metrics: Any, predictor: TimedPredictor, responses: Sequence[Ma
         metrics.add_metric(BATCH_SIZE, answered, "count", **histogram)
         metrics.add_metric(FORWARD_SECONDS, predictor.last.get("forward_s", 0.0), "s", **histogram)
     metrics.add_metric(DECODE_SECONDS, predictor.last.get("decode_s", 0.0), "s", **histogram)
+    scored = [r for r in responses if "suspicion" in r]
+    if scored:  # artifacts without the score report none of these
+        metrics.add_counter(SUSPICION_SCORED, len(scored), dimensions=_dimensions(model))
+        metrics.add_counter(SUSPICION_FLAGGED, sum(bool(r.get("flagged")) for r in scored), dimensions=_dimensions(model))
+        for r in scored:
+            metrics.add_metric(SUSPICION, r["suspicion"], "ratio", **histogram)
 
 
 def record_failure(metrics: Any, predictor: Predictor, requests: int) -> None:

@@ -117,6 +117,9 @@ class ServerConfig:
             "enable_model_api": "false",  # no registration of new models over HTTP
             "enable_envvars_config": "false",  # the file is the whole configuration
             "install_py_dep_per_model": "false",  # never pip-install at model load
+            # Accept the handler's own metrics (Suspicion*, serving/ts_handler.py) without declaring
+            # each in a metrics.yaml; undeclared ones are otherwise only echoed into ts_log.log.
+            "model_metrics_auto_detect": "true",
             "max_request_size": self.max_request_bytes,
             "max_response_size": 1024 * 1024,
             "default_workers_per_model": self.archive.workers,

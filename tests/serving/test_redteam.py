@@ -1,0 +1,216 @@
+"""``clead-serve redteam``: bounds, loopback refusal, and a run against a real TorchServe."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from serving.cli import main as cli_main
+from serving.handler import Predictor
+from serving.redteam import (RedteamConfig, RemoteClassifier, check_url, format_table, png_bytes, roc_auc,
+                             run_redteam, to_uint8, write_report)
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED = REPO / "models" / "cifar10"
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8080", "http://localhost:8080", "127.0.0.1:8000",
+                                 "http://[::1]:8080"])
+def test_loopback_urls_are_accepted(url):
+    assert check_url(url, allow_remote=False) == url
+
+
+@pytest.mark.parametrize("url", ["http://10.1.2.3:8080", "http://192.168.0.7", "https://8.8.8.8/"])
+def test_remote_urls_are_refused_without_the_flag(url):
+    with pytest.raises(ValueError, match="--allow-remote"):
+        check_url(url, allow_remote=False)
+    assert check_url(url, allow_remote=True) == url
+
+
+def test_cli_refuses_a_remote_url_before_sending_anything(capsys):
+    assert cli_main(["redteam", "--url", "http://10.1.2.3:8080", "--n", "1"]) == 1
+    assert "--allow-remote" in capsys.readouterr().err
+
+
+def test_roc_auc():
+    assert roc_auc([0, 1, 2], [3, 4]) == 1.0
+    assert roc_auc([3, 4], [0, 1, 2]) == 0.0
+    assert roc_auc([1, 1], [1, 1]) == 0.5
+    assert roc_auc([], [1]) is None
+
+
+class InProcessEngine:
+    """The server's own Predictor, one request at a time: the HTTP path minus the network."""
+
+    def __init__(self, artifact: Path) -> None:
+        self.predictor = Predictor.from_artifact(str(artifact))
+
+    def post(self, png: bytes) -> dict:
+        return self.predictor.predict([{"body": png}], ["all"])[0]
+
+
+def test_png_round_trip_is_exact():
+    from serving.handler import Limits, decode_image
+
+    x = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
+    assert torch.equal(to_uint8(decode_image(png_bytes(x), (3, 32, 32), Limits())), x)
+
+
+def test_remote_classifier_returns_log_probabilities(artifacts):
+    engine = InProcessEngine(artifacts["clead"])
+    model = RemoteClassifier(engine, concurrency=2)
+    x = torch.rand(3, 3, 32, 32)
+    try:
+        out = model(x)
+    finally:
+        model.close()
+    assert out.shape == (3, 10) and torch.allclose(out.exp().sum(1), torch.ones(3), atol=1e-4)
+    assert model.log.queries == 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attack", ["square", "rays"])
+def test_run_stays_within_its_bounds(artifacts, tmp_path, attack):
+    """Query budget per image, the 8-bit eps-ball, robust <= clean, and the report files."""
+    g = torch.Generator().manual_seed(0)
+    clean = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8, generator=g)
+    engine = InProcessEngine(artifacts["clead"])
+    labels = torch.tensor([engine.post(png_bytes(img))["index"] for img in clean])  # all clean-correct
+    config = RedteamConfig(model="tiny", attack=attack, queries=20, n=6, chunk=4, whitebox_steps=2, concurrency=2)
+    report = run_redteam(config, engine, clean, labels, artifact=artifacts["clead"])
+    assert report["n"] == 6 and report["clean_acc"] == 1.0
+    assert report["robust_acc"] <= report["clean_acc"]
+    # Per image: the clean query, at most `queries` attack queries (Square's first included), the final check.
+    assert report["total_queries"] <= 6 * (20 + 2)
+    assert report["max_linf_levels"] <= 8
+    adv = report["_images"]["adv"]
+    assert (adv.int() - clean.int()).abs().max() <= 8
+    assert report["whitebox"]["clean_acc"] == 1.0
+    assert report["sanity"]["server_clean_acc_matches_local"]
+    out = write_report(report, tmp_path / "run", command="clead-serve redteam ...")
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["total_queries"] == report["total_queries"] and (out / "adversarial.npz").is_file()
+    assert "accuracy under attack" in (out / "report.md").read_text()
+    assert "| queries sent |" in format_table([saved])
+
+
+def test_rays_fools_only_within_eps_and_counts_its_queries():
+    """A known decision rule: class 1 once the mean pixel passes a threshold, else class 0."""
+    from serving.rays import rays_attack
+
+    clean = torch.full((4, 3, 8, 8), 100, dtype=torch.uint8)
+    clean[2:] = 120  # these two sit closer to the threshold (mean 125)
+    calls = []
+
+    def classify(images: torch.Tensor) -> torch.Tensor:
+        calls.append(len(images))
+        return (images.float().mean(dim=(1, 2, 3)) > 125).long()
+
+    labels = torch.zeros(4, dtype=torch.long)
+    adv, spent = rays_attack(classify, clean, labels, eps_levels=8, queries=50)
+    assert int(spent.sum()) == sum(calls) and int(spent.max()) <= 50
+    assert (adv.int() - clean.int()).abs().max() <= 8
+    fooled = classify(adv) != labels
+    assert fooled.tolist() == [False, False, True, True]  # 25 levels away is out of reach, 5 is not
+    assert max(calls) > 1  # images step together: one round of queries per step
+
+
+def test_time_budget_stops_the_run(artifacts):
+    clean = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    engine = InProcessEngine(artifacts["clead"])
+    labels = torch.tensor([engine.post(png_bytes(img))["index"] for img in clean])
+    config = RedteamConfig(queries=10_000, n=4, chunk=2, whitebox_steps=0, max_seconds=0.5)
+    start = time.monotonic()
+    report = run_redteam(config, engine, clean, labels)
+    assert time.monotonic() - start < 30
+    assert report["stopped_early"] and report["n"] < 4
+
+
+# --------------------------------------------------------------------------------------------
+# Against a real TorchServe, with the shipped (augmented) models
+# --------------------------------------------------------------------------------------------
+def flagged_total(metrics_url: str, model: str) -> int:
+    """The handler's SuspicionFlagged counter for ``model`` on TorchServe's Prometheus port."""
+    from tests.serving.test_servers import scrape, value
+
+    return round(value(scrape(metrics_url), "SuspicionFlagged", ModelName=model))
+
+
+@pytest.fixture(scope="module")
+def shipped_server(tmp_path_factory, cifar_root):
+    from serving.torchserve import free_port, read_record, stop_instance
+    from tests.serving.test_servers import ServerProcess
+
+    workdir = tmp_path_factory.mktemp("redteam-serve")
+    ports = {flag: free_port() for flag in ("--inference-port", "--management-port", "--metrics-port",
+                                            "--grpc-inference-port", "--grpc-management-port")}
+    cmd = [sys.executable, "-m", "serving.cli", "up", "--workdir", str(workdir),
+           "--model", f"clead={SHIPPED / 'clead.pt'}", "--model", f"baseline={SHIPPED / 'baseline.pt'}",
+           "--batch-size", "8", "--max-batch-delay-ms", "20", "--timeout", "150"]
+    for flag, port in ports.items():
+        cmd += [flag, str(port)]
+    server = ServerProcess(cmd, "press Ctrl-C to stop", timeout_s=200)
+    server.workdir = workdir
+    server.url = f"http://127.0.0.1:{ports['--inference-port']}"
+    server.metrics_url = f"http://127.0.0.1:{ports['--metrics-port']}/metrics"
+    yield server
+    server.interrupt()
+    stop_instance(workdir, timeout_s=30)
+
+
+@pytest.mark.server
+@pytest.mark.slow
+@pytest.mark.cifar
+def test_redteam_against_torchserve(shipped_server, cifar_root, tmp_path):
+    """Bounded, batched, baseline fooled more often than the hardened model, flagged count rises."""
+    reports = {}
+    for model in ("baseline", "clead"):
+        before = flagged_total(shipped_server.metrics_url, model)
+        out = tmp_path / model
+        cmd = [sys.executable, "-m", "serving.cli", "redteam", "--url", shipped_server.url, "--model", model,
+               "--n", "16", "--queries", "60", "--eps", "8/255", "--concurrency", "16", "--chunk", "16",
+               "--whitebox-steps", "0", "--max-seconds", "400", "--data", str(cifar_root),
+               "--key-file", str(shipped_server.workdir / "key_file.json"), "--out", str(out)]
+        done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        report = reports[model] = json.loads((out / "report.json").read_text())
+        assert report["n"] == 16 and not report["stopped_early"]
+        assert report["total_queries"] <= 16 * (60 + 2)
+        assert report["wall_seconds"] < 400
+        assert report["server_mean_batch_size"] > 1, "the attack's concurrent queries were not batched"
+        assert report["max_linf_levels"] <= 8
+        assert report["suspicion"]["scored_queries"] == report["total_queries"]
+        deadline = time.monotonic() + 30  # the frontend writes the worker's metrics as they arrive
+        while flagged_total(shipped_server.metrics_url, model) < before + report["suspicion"]["flagged_queries"]:
+            assert time.monotonic() < deadline, "SuspicionFlagged on the metrics port did not rise"
+            time.sleep(1)
+        assert report["suspicion"]["flagged_queries"] > 0
+    assert reports["baseline"]["attack_success_rate"] > reports["clead"]["attack_success_rate"]
+
+
+def test_a_server_that_goes_away_ends_the_run_with_a_partial_report(artifacts):
+    import requests
+
+    class Dying(InProcessEngine):
+        def __init__(self, artifact, calls: int) -> None:
+            super().__init__(artifact)
+            self.left = calls
+
+        def post(self, png: bytes) -> dict:
+            self.left -= 1
+            if self.left < 0:
+                raise requests.ConnectionError("Remote end closed connection without response")
+            return super().post(png)
+
+    clean = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([InProcessEngine(artifacts["clead"]).post(png_bytes(img))["index"] for img in clean])
+    config = RedteamConfig(queries=50, n=4, chunk=2, whitebox_steps=0, concurrency=1)
+    report = run_redteam(config, Dying(artifacts["clead"], calls=30), clean, labels)
+    assert "the server failed" in report["stopped_early"] and report["n"] < 4
