@@ -597,6 +597,10 @@ def build_study(spec: dict, root: str | Path = ".", plot_path: Optional[Path] = 
             "Settings from each run's `config.yaml`; accuracies on the validation split at the run's selected "
             "epoch (`summary.json` best epoch, from `metrics.jsonl`). Ablations are compared here, never on the "
             "test split.", "", *ablation_table(ablations), ""]
+    for extra in spec.get("include", []):  # sections other evaluations write (e.g. docs/suspicion.md), verbatim
+        path = root / extra
+        out += ([path.read_text().rstrip(), ""] if path.is_file() else
+                [f"## {extra}", "", f"{NOT_RUN}: `{extra}` does not exist yet.", ""])
     out += ["## Sanity checks (Carlini et al. 2019)", "",
             f"Comparisons between randomised attacks allow {100 * tol:g} points of slack. A failed check is a finding "
             "about the evaluation, not something to tune away.", "",

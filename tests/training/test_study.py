@@ -274,3 +274,13 @@ def test_comparisons_on_the_same_images_are_paired(tmp_path):
     summary = md.split("## Summary")[1].split("##")[0]
     assert "+3.00 points, paired 95% CI [+2" in summary
     assert "McNemar p = " in summary and "(30 vs 0 discordant images of 1000)" in summary
+
+
+def test_included_sections_are_copied_or_reported_missing(tmp_path):
+    spec = main_rows(tmp_path)
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "extra.md").write_text("## Suspicion score\n\nmeasured table\n")
+    spec["include"] = ["docs/extra.md", "docs/absent.md"]
+    md, _, _ = build_study(spec, tmp_path)
+    assert "## Suspicion score\n\nmeasured table\n" in md
+    assert "not run: `docs/absent.md` does not exist yet." in md
