@@ -90,7 +90,9 @@ def test_the_shipped_spec_builds_a_plan(tmp_path):
 
     spec = load_spec(Path(__file__).resolve().parents[2] / "docs" / "study.yaml")
     plan = build_plan(Plan(spec, tmp_path, "data", ["python"]))
-    assert {"select:C-LEAD", "export:C-LEAD", "views:C-LEAD fixed views"} <= set(plan.jobs)
+    assert {"fit:C-LEAD", "export:C-LEAD", "fit:PGD-AT", "export:PGD-AT"} <= set(plan.jobs)  # the current recipe
+    assert {"select:C-LEAD (previous recipe)", "export:C-LEAD (previous recipe)",
+            "views:C-LEAD fixed views"} <= set(plan.jobs)
     assert all("," not in row["name"] for row in spec["rows"])  # --only splits on commas
     ablations = [row for row in spec["rows"] if row.get("role") == "ablation"]
-    assert all(f"fit:{row['name']}" in plan.jobs["select:C-LEAD"].needs for row in ablations)
+    assert all(f"fit:{row['name']}" in plan.jobs["select:C-LEAD (previous recipe)"].needs for row in ablations)
