@@ -76,7 +76,7 @@ class Lab:
         if not path:
             raise gr.Error("Upload an image or pick one from the gallery first.", print_exception=False)
         try:
-            return lab.to_model_input(lab.load_image(path), self.input_size)
+            return lab.load_upload(path, self.input_size)
         except lab.BadImageError as err:
             raise gr.Error(str(err), print_exception=False) from None
 
@@ -271,7 +271,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     app = build_app(models, samples, predict, args.server, note)
     app.queue(default_concurrency_limit=1).launch(
         server_name="127.0.0.1", server_port=args.port, share=False, inbrowser=False, show_error=True,
-        max_file_size=lab.MAX_UPLOAD_BYTES, ssr_mode=False, footer_links=["api"], run_history=False,
+        max_file_size=lab.UPLOAD_LIMITS.max_bytes, ssr_mode=False, footer_links=["api"], run_history=False,
     )
 
 

@@ -15,8 +15,10 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from torch import nn
+
+from serving.handler import Limits, RequestError, decode_image
 
 ROLES = ("baseline", "hardened")
 # Where the white-box attack is computed: against one model (the other sees the same image,
@@ -27,8 +29,7 @@ TARGETS = {
     "each": "attack each model on its own (white-box against each)",
 }
 TOP_K = 5
-MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # larger uploads are refused before decoding
-MAX_UPLOAD_PIXELS = 40_000_000  # width * height; stops decompression bombs before decoding
+UPLOAD_LIMITS = Limits()  # the servers' limits (bytes, pixels), so the demo refuses what they refuse
 EPS_STEPS = 16  # the UI offers eps = k/255 for k in 0..EPS_STEPS
 
 
@@ -122,45 +123,22 @@ def warm_up(models: dict[str, LabModel], passes: int = 3) -> None:
 
 
 # -- images ---------------------------------------------------------------------------------
-def load_image(
-    path: str | Path, max_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_UPLOAD_PIXELS
-) -> Image.Image:
-    """Open an upload as an RGB image, refusing huge or non-image files with a readable message."""
+def load_upload(path: str | Path, input_size: tuple[int, int, int], limits: Limits = UPLOAD_LIMITS) -> torch.Tensor:
+    """An upload as the models see it: a 1xCxHxW float tensor in [0, 1].
+
+    Decoded by the servers' own ``serving.handler.decode_image`` (the same formats, byte and pixel
+    limits, EXIF orientation, transparency onto white, centre crop and bicubic resize), so an
+    image gives the same tensor in the demo as in TorchServe or Triton; its refusals become
+    ``BadImageError`` with the server's message.
+    """
     path = Path(path)
     size = path.stat().st_size
-    if size > max_bytes:
-        raise BadImageError(f"{path.name} is {size / 2**20:.1f} MiB; the limit is {max_bytes / 2**20:.0f} MiB")
+    if size > limits.max_bytes:  # before reading it into memory
+        raise BadImageError(f"{path.name} is {size / 2**20:.1f} MiB; the limit is {limits.max_bytes / 2**20:.0f} MiB")
     try:
-        img = Image.open(path)
-        # Image.open reads only the header, so the pixel count is checked before decoding.
-        if img.width * img.height > max_pixels:
-            raise BadImageError(
-                f"{path.name} is {img.width}x{img.height} pixels; the limit is {max_pixels / 1e6:.0f} megapixels"
-            )
-        img.seek(0)  # first frame of animations
-        img = ImageOps.exif_transpose(img)
-        return _to_rgb(img)
-    except (UnidentifiedImageError, Image.DecompressionBombError) as err:
-        raise BadImageError(f"{path.name} is not an image this demo can read (PNG, JPEG, WebP, GIF, BMP, TIFF...)") from err
-    except OSError as err:  # truncated or corrupt files fail only when decoded
-        raise BadImageError(f"{path.name} could not be decoded: {err}") from err
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """RGB, with transparency composited onto white (what a viewer shows) rather than black."""
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return img.convert("RGB")
-
-
-def to_model_input(img: Image.Image, input_size: tuple[int, int, int]) -> torch.Tensor:
-    """Center-crop to the model's aspect ratio and resize: a 1x3xHxW float tensor in [0, 1]."""
-    _, height, width = input_size
-    fitted = ImageOps.fit(img, (width, height), method=Image.Resampling.LANCZOS)
-    array = np.asarray(fitted, dtype=np.float32) / 255.0
-    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).contiguous()
+        return decode_image(path.read_bytes(), input_size, limits).unsqueeze(0)
+    except RequestError as err:
+        raise BadImageError(f"{path.name}: {err.message}") from None
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from demo import lab
+from serving.handler import Limits
 from training import CIFAR10_CLASSES
 
 TOL = 1e-6  # float32 rounding of k/255
@@ -20,7 +21,7 @@ def models(artifacts):
 
 @pytest.fixture(scope="module")
 def x(models, photo):
-    return lab.to_model_input(lab.load_image(photo), models["baseline"].input_size)
+    return lab.load_upload(photo, models["baseline"].input_size)
 
 
 def test_missing_artifacts_name_files_and_flags(tmp_path, artifacts):
@@ -89,25 +90,43 @@ def test_invalid_settings_raise(models, x):
 
 
 def test_bad_uploads_give_readable_errors(tmp_path, not_an_image, too_many_pixels, photo):
-    with pytest.raises(lab.BadImageError, match="not an image"):
-        lab.load_image(not_an_image)
-    with pytest.raises(lab.BadImageError, match="megapixels"):
-        lab.load_image(too_many_pixels)
+    size = (3, 32, 32)
+    with pytest.raises(lab.BadImageError, match="notes.png: body is not a JPEG, PNG"):
+        lab.load_upload(not_an_image, size)
+    with pytest.raises(lab.BadImageError, match="pixels, over the limit"):
+        lab.load_upload(too_many_pixels, size)
     with pytest.raises(lab.BadImageError, match="MiB"):
-        lab.load_image(photo, max_bytes=100)
+        lab.load_upload(photo, size, Limits(max_bytes=100))
     truncated = tmp_path / "cut.jpg"
     Image.new("RGB", (64, 64), (1, 2, 3)).save(truncated, format="JPEG")
     truncated.write_bytes(truncated.read_bytes()[:200])
     with pytest.raises(lab.BadImageError, match="cut.jpg"):
-        lab.load_image(truncated)
+        lab.load_upload(truncated, size)
 
 
-@pytest.mark.parametrize("fmt", ["JPEG", "WEBP", "BMP", "GIF", "TIFF"])
-def test_common_formats_load(tmp_path, fmt):
+@pytest.mark.parametrize("fmt", ["JPEG", "WEBP", "BMP", "GIF", "PNG"])
+def test_the_servers_formats_load(tmp_path, fmt):
     path = tmp_path / f"img.{fmt.lower()}"
     Image.new("RGB", (50, 40), (200, 20, 20)).save(path, format=fmt)
-    img = lab.load_image(path)
-    assert img.mode == "RGB" and img.size == (50, 40)
+    x = lab.load_upload(path, (3, 32, 32))
+    assert x.shape == (1, 3, 32, 32) and abs(float(x[0, 0].mean()) - 200 / 255) < 0.03
+
+
+def test_an_upload_is_the_same_tensor_in_the_demo_and_the_server(photo, tmp_path):
+    """One image pipeline: the demo decodes with the servers' decode_image and limits."""
+    from serving.handler import Limits as ServerLimits, decode_image
+
+    assert lab.UPLOAD_LIMITS == ServerLimits()
+    jpeg = tmp_path / "photo.jpg"
+    Image.open(photo).convert("RGB").save(jpeg, quality=90)
+    for path in (photo, jpeg):
+        served = decode_image(path.read_bytes(), (3, 32, 32), ServerLimits())
+        assert torch.equal(lab.load_upload(path, (3, 32, 32))[0], served)
+    # What the server refuses, the demo refuses too (TIFF is not among the served formats).
+    tiff = tmp_path / "img.tiff"
+    Image.new("RGB", (50, 40)).save(tiff, format="TIFF")
+    with pytest.raises(lab.BadImageError, match="img.tiff"):
+        lab.load_upload(tiff, (3, 32, 32))
 
 
 def test_perturbation_image_maps_eps_to_full_range():
@@ -155,7 +174,7 @@ def test_gallery_reads_one_test_image_per_class(tmp_path):
         pytest.skip(f"no CIFAR-10 test tarball at {default_data_dir()}")
     samples = load_samples(default_data_dir(), out_dir=tmp_path)
     assert [s.label for s in samples] == list(CIFAR10_CLASSES)
-    assert all(lab.load_image(s.path).size == (32, 32) for s in samples)
+    assert all(Image.open(s.path).size == (32, 32) for s in samples)
 
 
 def test_app_builds_with_the_gallery_hidden_when_no_data(models):

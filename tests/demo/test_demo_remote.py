@@ -71,7 +71,7 @@ def server(models):
 
 
 def test_remote_predictions_match_local(models, server, photo):
-    x = lab.to_model_input(lab.load_image(photo), models["baseline"].input_size)
+    x = lab.load_upload(photo, models["baseline"].input_size)
     local = lab.run_lab(models, x, "PGD", 8 / 255, 5, "each")
     remote = lab.run_lab(models, x, "PGD", 8 / 255, 5, "each", predict=RemotePredictor(server))
     for role in lab.ROLES:
@@ -135,7 +135,7 @@ def inference_key(key_file: Path) -> str:
 @pytest.mark.slow
 def test_against_clead_serve_with_token_auth(models, torchserve, photo):
     """The key file of the server is read and sent: remote and local top-k agree, attack included."""
-    x = lab.to_model_input(lab.load_image(photo), models["baseline"].input_size)
+    x = lab.load_upload(photo, models["baseline"].input_size)
     predictor = RemotePredictor(torchserve.url, key_file=torchserve.key_file)
     predictor.check(models)
     local = lab.run_lab(models, x, "FGSM", 8 / 255, 1, "each")
