@@ -14,7 +14,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import signal
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,10 +23,10 @@ import pytest
 import requests
 from hypothesis import HealthCheck, given, settings
 
-from serving.torchserve import free_port, read_keys, read_record, stop_instance
+from serving.torchserve import read_keys, read_record, stop_instance
 from tests.serving.conftest import encode, random_image
 from tests.serving.fuzzimages import SEEDS, hostile_images
-from tests.serving.test_servers import ServerProcess
+from tests.serving.test_servers import serve_up
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -35,17 +34,8 @@ pytestmark = [pytest.mark.server, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def served(artifacts, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("faults")
-    ports = {flag: free_port() for flag in ("--inference-port", "--management-port", "--metrics-port",
-                                            "--grpc-inference-port", "--grpc-management-port")}
-    cmd = [sys.executable, "-m", "serving.cli", "up", "--workdir", str(workdir),
-           "--model", f"clead={artifacts['clead']}", "--batch-size", "8", "--max-batch-delay-ms", "50",
-           "--max-pixels", "4000000", "--timeout", "200"]
-    for flag, port in ports.items():
-        cmd += [flag, str(port)]
-    server = ServerProcess(cmd, "press Ctrl-C to stop", timeout_s=240)
-    server.workdir = workdir
-    server.url = f"http://127.0.0.1:{ports['--inference-port']}"
-    server.management = f"http://127.0.0.1:{ports['--management-port']}"
+    server = serve_up(workdir, {"clead": artifacts["clead"]}, "--batch-size", "8", "--max-batch-delay-ms", "50",
+                      "--max-pixels", "4000000", "--timeout", "200", timeout_s=240)
     yield server
     server.interrupt()
     stop_instance(workdir, timeout_s=30)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 import time
@@ -145,21 +144,12 @@ def flagged_total(metrics_url: str, model: str) -> int:
 
 @pytest.fixture(scope="module")
 def shipped_server(tmp_path_factory, cifar_root):
-    from serving.torchserve import free_port, read_record, stop_instance
-    from tests.serving.test_servers import ServerProcess
+    from serving.torchserve import stop_instance
+    from tests.serving.test_servers import serve_up
 
     workdir = tmp_path_factory.mktemp("redteam-serve")
-    ports = {flag: free_port() for flag in ("--inference-port", "--management-port", "--metrics-port",
-                                            "--grpc-inference-port", "--grpc-management-port")}
-    cmd = [sys.executable, "-m", "serving.cli", "up", "--workdir", str(workdir),
-           "--model", f"clead={SHIPPED / 'clead.pt'}", "--model", f"baseline={SHIPPED / 'baseline.pt'}",
-           "--batch-size", "8", "--max-batch-delay-ms", "20", "--timeout", "150"]
-    for flag, port in ports.items():
-        cmd += [flag, str(port)]
-    server = ServerProcess(cmd, "press Ctrl-C to stop", timeout_s=200)
-    server.workdir = workdir
-    server.url = f"http://127.0.0.1:{ports['--inference-port']}"
-    server.metrics_url = f"http://127.0.0.1:{ports['--metrics-port']}/metrics"
+    server = serve_up(workdir, {"clead": SHIPPED / "clead.pt", "baseline": SHIPPED / "baseline.pt"},
+                      "--batch-size", "8", "--max-batch-delay-ms", "20", "--timeout", "150")
     yield server
     server.interrupt()
     stop_instance(workdir, timeout_s=30)

@@ -71,24 +71,39 @@ class ServerProcess:
         return self.proc.returncode
 
 
+PORT_FLAGS = ("--inference-port", "--management-port", "--metrics-port", "--grpc-inference-port",
+              "--grpc-management-port")
+
+
+def serve_up(workdir: Path, models: dict[str, Path], *args: str, timeout_s: float = 200) -> ServerProcess:
+    """``clead-serve up`` as a user starts it, every port a free loopback one; returns once it is
+    ready, with ``workdir``, ``url`` (the front), ``management``, ``metrics_url`` and
+    ``port_of`` (flag -> port) set. Stop it with ``interrupt()`` and ``stop_instance``."""
+    port_of = {flag: free_port() for flag in PORT_FLAGS}
+    cmd = [sys.executable, "-m", "serving.cli", "up", "--workdir", str(workdir)]
+    for name, path in models.items():
+        cmd += ["--model", f"{name}={path}"]
+    cmd += list(args)
+    for flag, port in port_of.items():
+        cmd += [flag, str(port)]
+    server = ServerProcess(cmd, "press Ctrl-C to stop", timeout_s=timeout_s)
+    server.workdir, server.port_of = workdir, port_of
+    server.url = f"http://127.0.0.1:{port_of['--inference-port']}"  # the front (on by default)
+    server.management = f"http://127.0.0.1:{port_of['--management-port']}"
+    server.metrics_url = f"http://127.0.0.1:{port_of['--metrics-port']}/metrics"
+    return server
+
+
 @pytest.fixture(scope="module")
 def torchserve(artifacts, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("torchserve")
-    ports = {flag: free_port() for flag in ("--inference-port", "--management-port", "--metrics-port",
-                                            "--grpc-inference-port", "--grpc-management-port")}
-    cmd = [sys.executable, "-m", "serving.cli", "up", "--workdir", str(workdir),
-           "--model", f"clead={artifacts['clead']}", "--model", f"baseline={artifacts['baseline']}",
-           # A long batch window makes batching of concurrent requests certain on a busy 2-core box.
-           "--batch-size", "8", "--max-batch-delay-ms", "300", "--max-bytes", str(MAX_BYTES), "--timeout", "150"]
-    for flag, port in ports.items():
-        cmd += [flag, str(port)]
-    server = ServerProcess(cmd, "press Ctrl-C to stop", timeout_s=200)
-    server.workdir = workdir
-    server.url = f"http://127.0.0.1:{ports['--inference-port']}"  # the front (on by default)
+    # A long batch window makes batching of concurrent requests certain on a busy 2-core box.
+    server = serve_up(workdir, {"clead": artifacts["clead"], "baseline": artifacts["baseline"]},
+                      "--batch-size", "8", "--max-batch-delay-ms", "300", "--max-bytes", str(MAX_BYTES),
+                      "--timeout", "150")
     server.torchserve_url = read_record(workdir)["torchserve_inference_url"]  # TorchServe itself, behind it
-    server.ports = list(ports.values()) + [int(server.torchserve_url.rsplit(":", 1)[1])]
+    server.ports = list(server.port_of.values()) + [int(server.torchserve_url.rsplit(":", 1)[1])]
     server.client = TorchServeClient(server.url, key_file=workdir / "key_file.json")
-    server.metrics_url = f"http://127.0.0.1:{ports['--metrics-port']}/metrics"
     yield server
     server.interrupt()
     stop_instance(workdir, timeout_s=30)  # safety net; a no-op when Ctrl-C worked
