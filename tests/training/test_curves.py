@@ -73,15 +73,21 @@ def test_read_history_skips_a_torn_last_line(tmp_path):
     assert [row["epoch"] for row in read_history(tmp_path)] == [1, 2, 3]
 
 
-def test_observer_without_tensorboard_says_so_once_and_draws(tmp_path, monkeypatch):
-    monkeypatch.setattr(TensorBoardWriter, "available", staticmethod(lambda: False))
+def observe(run_dir, epochs: int) -> io.StringIO:
+    """An observer through ``epochs`` synthetic epochs, as the training loop drives it; its log."""
     log = io.StringIO()
-    observer = EpochObserver(tmp_path, log=log)
+    observer = EpochObserver(run_dir, log=log)
     history = []
-    for metrics in synthetic_history(3):
+    for metrics in synthetic_history(epochs):
         history.append(metrics)
         observer.on_epoch(metrics, history)
     observer.close()
+    return log
+
+
+def test_observer_without_tensorboard_says_so_once_and_draws(tmp_path, monkeypatch):
+    monkeypatch.setattr(TensorBoardWriter, "available", staticmethod(lambda: False))
+    log = observe(tmp_path, epochs=3)
     assert log.getvalue().count("TensorBoard is off") == 1
     assert (tmp_path / "curves.png").is_file() and not (tmp_path / "tensorboard").exists()
     with pytest.raises(ImportError, match="tensorboard"):
@@ -104,13 +110,7 @@ def test_tensorboard_scalars_round_trip(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    log = io.StringIO()
-    observer = EpochObserver(tmp_path, log=log)
-    history = []
-    for metrics in synthetic_history(4):
-        history.append(metrics)
-        observer.on_epoch(metrics, history)
-    observer.close()
+    log = observe(tmp_path, epochs=4)
     assert "TensorBoard is off" not in log.getvalue()
     events = EventAccumulator(str(tmp_path / "tensorboard"))
     with warnings.catch_warnings():
