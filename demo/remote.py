@@ -14,6 +14,7 @@ becomes a :class:`RemoteError` that says which key was sent and how to give the 
 from __future__ import annotations
 
 import io
+import json
 import os
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -72,6 +73,10 @@ class RemotePredictor:
         if self.key:
             return "the key given with --key"
         if self.key_file is not None and self.key_file.is_file():
+            try:  # the client reads it per request and sends no key when it cannot (a file half written)
+                json.loads(self.key_file.read_text())["inference"]["key"]
+            except (ValueError, KeyError, TypeError) as err:
+                return f"no key: cannot read the inference key from {self.key_file} ({err!r})"
             return f"the inference key of {self.key_file}"
         where = f" ({self.key_file} does not exist)" if self.key_file is not None else ""
         return f"no key{where}"
