@@ -278,6 +278,8 @@ def optimize_for_attack(model: nn.Module, probe: torch.Tensor, freeze: bool = Fa
     model.eval()
     with torch.no_grad():
         reference = model(probe)
+    if not (freeze or channels_last):
+        return model, {"frozen": False, "channels_last": False, "threads": torch.get_num_threads()}
     fast = model
     if freeze:
         if not isinstance(model, torch.jit.ScriptModule):
@@ -286,7 +288,8 @@ def optimize_for_attack(model: nn.Module, probe: torch.Tensor, freeze: bool = Fa
             warnings.simplefilter("ignore", FutureWarning)  # freeze's deprecation notice
             fast = torch.jit.freeze(model)
     if channels_last:
-        fast = _ChannelsLast(fast.to(memory_format=torch.channels_last))
+        fast = fast.to(memory_format=torch.channels_last)
+    fast = _Optimized(fast, channels_last)
     with torch.no_grad():
         logits = fast(probe)
     tolerance = 1e-4 * max(1.0, float(reference.abs().max()))
@@ -297,15 +300,21 @@ def optimize_for_attack(model: nn.Module, probe: torch.Tensor, freeze: bool = Fa
     return fast, {"frozen": freeze, "channels_last": channels_last, "threads": torch.get_num_threads()}
 
 
-class _ChannelsLast(nn.Module):
-    """Hands the wrapped model its input in channels_last layout (values unchanged)."""
+class _Optimized(nn.Module):
+    """The optimised model behind a plain module that is always in eval mode: a frozen
+    TorchScript module has no train/eval switch, and evaluation switches modes on what it gets.
+    With ``channels_last`` it hands the model its input in that layout (values unchanged)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, channels_last: bool) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.channels_last = model, channels_last
+        self.training = False
+
+    def train(self, mode: bool = True) -> "_Optimized":
+        return self  # the wrapped model stays in eval mode, whatever is asked
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x.contiguous(memory_format=torch.channels_last))
+        return self.model(x.contiguous(memory_format=torch.channels_last) if self.channels_last else x)
 
 
 def _mask_str(mask: torch.Tensor) -> str:

@@ -409,6 +409,9 @@ def test_optimized_model_computes_the_same_function(trained_tiny, tmp_path, free
     x = test.images[:32].float() / 255
     fast, info = optimize_for_attack(scripted, x, freeze=freeze, channels_last=channels_last)
     assert info["frozen"] == freeze and info["channels_last"] == channels_last
+    assert not fast.train().training  # always eval mode: evaluate() switches modes on what it gets
+    report = evaluate(fast, test, "fgsm", eps=2 / 255, n=20, progress=False)
+    assert report["attacks"][0]["n"] == 20
     x_new = test.images[32:64].float() / 255
     with torch.no_grad():
         assert torch.allclose(fast(x_new), scripted(x_new), atol=1e-4)
