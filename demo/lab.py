@@ -138,6 +138,8 @@ def load_upload(path: str | Path, input_size: tuple[int, int, int], limits: Limi
     try:
         return decode_image(path.read_bytes(), input_size, limits).unsqueeze(0)
     except RequestError as err:
+        if err.code == 415:  # the server's "body is not ..." reads oddly for a file the user picked
+            raise BadImageError(f"{path.name} is not an image the models read (JPEG, PNG, WebP, BMP or GIF)") from None
         raise BadImageError(f"{path.name}: {err.message}") from None
 
 
