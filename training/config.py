@@ -1,15 +1,14 @@
 """Run configuration: one dataclass per concern, with units and defaults.
 
 The CLI builds a ``TrainConfig`` (YAML file, then flags on top); the library never sees
-argparse. ``validate`` runs before any data is loaded, so a bad option fails in a second
-with a message naming it. The resolved config is saved beside every run and inside every
-checkpoint.
+argparse. ``training.methods.resolve`` (which calls ``validate`` here) runs before any data
+is loaded, so a bad option fails in a second with a message naming it. The resolved config is
+saved beside every run and inside every checkpoint.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Optional
@@ -67,22 +66,12 @@ class AttackConfig:
 
 @dataclass
 class MethodConfig:
-    """Which training method and its own options (unused options are ignored by the others)."""
+    """Which training method, and its own options as a mapping (each method declares and
+    validates them: ``training.methods``, e.g. ``CLEADOptions``); the config names no method.
+    A YAML section may also list options beside ``name`` (``{name: trades, beta: 3}``)."""
 
-    name: str = "clead"  # standard | pgd-at | trades | clead
-    trades_beta: float = 6.0  # TRADES: weight of KL(clean || adv) (Zhang et al. 2019 use 6)
-    clead_loss: str = "ntxent"  # C-LEAD contrastive loss: ntxent (pair positives) | supcon (label positives)
-    clead_tau: float = 0.1  # C-LEAD temperature (> 0); 0.1 won the ablation in docs/robustness.md
-    clead_weight: float = 1.0  # C-LEAD lambda: weight of the contrastive term
-    clead_proj_dim: int = 128  # C-LEAD projection (embedding) dimension
-    clead_ce_on: str = "adv"  # which views carry cross-entropy: adv | clean | both
-    clead_inner: str = "ce"  # what the inner attack maximises: ce | contrastive | sum
-    clead_views: str = "separate"  # forward clean and adv as two batches (separate) or one (joint, as SimCLR)
-    clead_clean_grad: bool = True  # backpropagate through the clean view; False = stop-gradient target (cheaper)
-    clead_embed: str = "head"  # embedding of the contrastive loss: head (projection MLP) | features (penultimate, Bui et al. 2021)
-    clead_kl: float = 0.0  # weight of the consistency term KL(p_clean || p_adv) beside the contrastive one (0 = off)
-    clead_target: str = "online"  # clean-view encoder: online (the model itself) | ema (momentum copy, BYOL/MoCo)
-    clead_target_decay: float = 0.99  # ema target: per-step decay of the momentum encoder
+    name: str = "clead"  # a registered method: standard | pgd-at | trades | clead | clead-fixed
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -118,21 +107,16 @@ class TrainConfig:
     resume: bool = False  # continue from out/last.pt
 
 
-METHODS = ("standard", "pgd-at", "trades", "clead", "clead-fixed")
-ADVERSARIAL = ("pgd-at", "trades", "clead")  # methods with an online inner attack
-
-
 def validate(cfg: TrainConfig) -> None:
-    """Raise ``ValueError`` naming the first invalid option. Runs before any data is loaded."""
-    from training.methods import method_names
+    """Raise ``ValueError`` naming the first invalid option of the sections every run has.
+    The method and its options are checked by ``training.methods.resolve``, which calls this."""
     from training.models import model_names
 
     def check(ok: bool, option: str, message: str) -> None:
         if not ok:
             raise ValueError(f"invalid option {option}: {message}")
 
-    m, a, o = cfg.method, cfg.attack, cfg.optim
-    check(m.name in method_names(), "--method", f"unknown method {m.name!r}; valid: {', '.join(method_names())}")
+    a, o = cfg.attack, cfg.optim
     check(cfg.model.name in model_names(), "--model", f"unknown model {cfg.model.name!r}; valid: {', '.join(model_names())}")
     check(cfg.model.width is None or cfg.model.width > 0, "--width", f"must be > 0, got {cfg.model.width}")
     check(cfg.epochs >= 1, "--epochs", f"must be >= 1, got {cfg.epochs}")
@@ -144,33 +128,7 @@ def validate(cfg: TrainConfig) -> None:
     check(a.kind != "n-fgsm" or (a.steps == 1 and a.norm == "linf"), "--attack-kind",
           f"n-fgsm is a single L-inf step: use --attack-steps 1 --attack-norm linf (got {a.steps} steps, {a.norm})")
     check(a.noise >= 0, "--attack-noise", f"must be >= 0, got {a.noise}")
-    if m.name in ADVERSARIAL:
-        check(a.steps >= 1, "--attack-steps", f"must be >= 1 for the adversarial method {m.name!r}, got {a.steps}")
-        check(a.eps > 0, "--eps", f"must be > 0 for the adversarial method {m.name!r}")
-    if m.name == "clead-fixed":
-        check(bool(cfg.data.views), "--fixed-views",
-              "the method clead-fixed trains on precomputed adversarial views: pass --fixed-views FILE "
-              "(made by `clead-train views`)")
-        check(Path(cfg.data.views).is_file(), "--fixed-views", f"no such file {cfg.data.views}")
-    else:
-        check(not cfg.data.views, "--fixed-views", f"only the method clead-fixed reads fixed views, not {m.name!r}")
     check(a.alpha is None or a.alpha > 0, "--attack-alpha", f"must be > 0, got {a.alpha}")
-    check(m.trades_beta >= 0, "--beta", f"must be >= 0, got {m.trades_beta}")
-    check(m.clead_tau > 0, "--tau", f"must be > 0, got {m.clead_tau}")
-    check(m.clead_weight >= 0, "--clead-weight", f"must be >= 0, got {m.clead_weight}")
-    check(m.clead_proj_dim >= 1, "--proj-dim", f"must be >= 1, got {m.clead_proj_dim}")
-    check(m.clead_loss in ("ntxent", "supcon"), "--clead-loss", f"must be ntxent or supcon, got {m.clead_loss!r}")
-    check(m.clead_ce_on in ("adv", "clean", "both"), "--ce-on", f"must be adv, clean or both, got {m.clead_ce_on!r}")
-    check(m.clead_inner in ("ce", "contrastive", "sum"), "--inner", f"must be ce, contrastive or sum, got {m.clead_inner!r}")
-    check(m.clead_views in ("joint", "separate"), "--clead-views", f"must be joint or separate, got {m.clead_views!r}")
-    check(m.clead_clean_grad or m.clead_ce_on == "adv", "--no-clead-clean-grad",
-          f"stops gradients through the clean view, so it needs --ce-on adv (got {m.clead_ce_on!r})")
-    check(m.clead_embed in ("head", "features"), "--clead-embed", f"must be head or features, got {m.clead_embed!r}")
-    check(m.clead_kl >= 0, "--clead-kl", f"must be >= 0, got {m.clead_kl}")
-    check(m.clead_target in ("online", "ema"), "--clead-target", f"must be online or ema, got {m.clead_target!r}")
-    check(0 < m.clead_target_decay < 1, "--clead-target-decay", f"must be in (0, 1), got {m.clead_target_decay}")
-    check(m.clead_target == "online" or m.clead_ce_on == "adv", "--clead-target",
-          f"an ema target embeds the clean view without gradients, so it needs --ce-on adv (got {m.clead_ce_on!r})")
     check(o.ema_decay is None or 0 <= o.ema_decay < 1, "--ema-decay", f"must be in [0, 1) (0 = off), got {o.ema_decay}")
     check(o.optimizer in ("sgd", "adamw"), "--optimizer", f"must be sgd or adamw, got {o.optimizer!r}")
     check(o.schedule in ("onecycle", "cosine"), "--schedule", f"must be onecycle or cosine, got {o.schedule!r}")
@@ -197,7 +155,9 @@ def from_dict(raw: dict[str, Any]) -> TrainConfig:
         if key not in sections:
             raise ValueError(f"unknown config key {key!r}; valid: {', '.join(sections)}")
         section_type = sections[key].default_factory if callable(getattr(sections[key], "default_factory", None)) else None
-        if section_type is not None and dataclasses.is_dataclass(section_type):
+        if section_type is MethodConfig:
+            kwargs[key] = _method_section(value)
+        elif section_type is not None and dataclasses.is_dataclass(section_type):
             kwargs[key] = _section(section_type, value, key)
         else:
             kwargs[key] = value
@@ -214,3 +174,14 @@ def _section(cls, value: dict[str, Any], name: str):
     if "eps" in value:
         value = {**value, "eps": parse_fraction(value["eps"])}  # validate checks the range
     return cls(**value)
+
+
+def _method_section(value: dict[str, Any]) -> MethodConfig:
+    """``{name, options}``; other keys beside ``name`` are options too, and win over the same
+    key in ``options`` (flags of ``clead-train fit`` land there, on top of a YAML file; the
+    flat section of configs that predate per-method options reads the same way)."""
+    if not isinstance(value, dict):
+        raise ValueError(f"config section 'method' must be a mapping, got {value!r}")
+    options = dict(value.get("options") or {})
+    options.update({k: v for k, v in value.items() if k not in ("name", "options")})
+    return MethodConfig(name=value.get("name", MethodConfig.name), options=options)

@@ -48,11 +48,15 @@ class DatasetError(ValueError):
     """A data source that cannot be read, with what was expected."""
 
 
+# Where the project keeps CIFAR-10 beside a checkout (every command's default --data).
+DEFAULT_DATA_PATH = "../shared/data/cifar10"
+
+
 @dataclass
 class DataConfig:
     """Where the data comes from and how batches are formed."""
 
-    data: str = "../shared/data/cifar10"  # dataset name ('cifar10') or a path, see module doc
+    data: str = DEFAULT_DATA_PATH  # dataset name ('cifar10') or a path, see module doc
     cache_dir: Optional[str] = None  # decoded-tensor cache; default $CLEAD_CACHE or ~/.cache/clead
     image_size: int = 32  # images of another size are resized (bilinear) to this square size
     val_size: int = 1000  # images held out of the train split for validation / early stopping

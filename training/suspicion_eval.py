@@ -64,7 +64,7 @@ class Scored(nn.Module):
     def __init__(self, module: nn.Module) -> None:
         super().__init__()
         if not hasattr(module, "suspicion"):
-            raise ValueError("artifact has no suspicion method; run `python -m training.suspicion_cli augment` first")
+            raise ValueError("artifact has no suspicion method; run `clead-train suspicion augment` first")
         self.module = module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""``clead-train fit``: the one training loop that runs every method.
+"""The one training loop that runs every method (``clead-train fit``, ``training.cli.fit``).
 
 The loop owns the optimiser, schedule, AMP, logging, validation, checkpoints and
 distributed setup; it never knows which method it runs (the method is a task, see
@@ -8,7 +8,6 @@ distributed setup; it never knows which method it runs (the method is a task, se
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
@@ -32,102 +31,11 @@ from training.data import BatchLoader, ImageSet, load_train_val
 from training.curves import EpochObserver
 from training.ema import WeightEMA
 from training.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed, params_in_sync
+from training._moved import forward as _forward
 from training.export import write_json_atomic
-from training.methods import Method, create_method
+from training.methods import Method, create_method, resolve
 from training.models import create_model
 from training.runinfo import git_commit, hardware, versions
-
-# ---------------------------------------------------------------------------------------
-# CLI: flag -> (config path, type). Flags override the YAML file given by --config.
-# ---------------------------------------------------------------------------------------
-FLAGS: list[tuple[str, str, Any, str]] = [
-    ("--method", "method.name", str, "standard | pgd-at | trades | clead | clead-fixed"),
-    ("--model", "model.name", str, "registered model, e.g. preact_resnet18"),
-    ("--width", "model.width", float, "channel multiplier (preact_resnet18: 1.0 full, 0.5 half)"),
-    ("--data", "data.data", str, "'cifar10' (download) or a path (see training.data)"),
-    ("--cache-dir", "data.cache_dir", str, "decoded-data cache (default $CLEAD_CACHE or ~/.cache/clead)"),
-    ("--limit", "data.limit", int, "train on the first N training images (smoke runs)"),
-    ("--val-size", "data.val_size", int, "training images held out for validation"),
-    ("--batch-size", "data.batch_size", int, "batch size per process"),
-    ("--epochs", "epochs", int, "number of epochs"),
-    ("--out", "out", str, "run directory"),
-    ("--seed", "seed", int, "random seed"),
-    ("--device", "device", str, "auto | cpu | cuda | cuda:N"),
-    ("--amp", "amp", str, "auto | bf16 | fp16 | off"),
-    ("--eps", "attack.eps", C.parse_fraction, "attack radius, e.g. 8/255"),
-    ("--attack-steps", "attack.steps", int, "inner attack steps (1 = FGSM-RS)"),
-    ("--attack-alpha", "attack.alpha", C.parse_fraction, "inner attack step size, e.g. 2/255"),
-    ("--attack-norm", "attack.norm", str, "linf | l2"),
-    ("--attack-mode", "attack.mode", str, "model mode while attacking: train | eval"),
-    ("--attack-kind", "attack.kind", str, "inner attack: auto (FGSM-RS at 1 step, else PGD) | n-fgsm"),
-    ("--attack-noise", "attack.noise", float, "n-fgsm noise radius in units of eps (2)"),
-    ("--beta", "method.trades_beta", float, "TRADES beta"),
-    ("--clead-loss", "method.clead_loss", str, "C-LEAD contrastive loss: ntxent | supcon"),
-    ("--tau", "method.clead_tau", float, "C-LEAD temperature"),
-    ("--clead-weight", "method.clead_weight", float, "C-LEAD lambda (contrastive weight)"),
-    ("--proj-dim", "method.clead_proj_dim", int, "C-LEAD embedding dimension"),
-    ("--ce-on", "method.clead_ce_on", str, "C-LEAD cross-entropy on: adv | clean | both"),
-    ("--inner", "method.clead_inner", str, "C-LEAD inner objective: ce | contrastive | sum"),
-    ("--clead-views", "method.clead_views", str, "C-LEAD forward of clean and adv: separate | joint (one batch)"),
-    ("--clead-embed", "method.clead_embed", str, "C-LEAD embedding: head (projection MLP) | features (penultimate)"),
-    ("--clead-kl", "method.clead_kl", float, "C-LEAD weight of the KL(clean || adv) consistency term (0 = off)"),
-    ("--clead-target", "method.clead_target", str, "C-LEAD clean-view encoder: online | ema (momentum encoder)"),
-    ("--clead-target-decay", "method.clead_target_decay", float, "C-LEAD momentum encoder decay per step"),
-    ("--fixed-views", "data.views", str, "clead-fixed: file of precomputed adversarial views (clead-train views)"),
-    ("--optimizer", "optim.optimizer", str, "sgd | adamw"),
-    ("--lr", "optim.lr", float, "peak learning rate"),
-    ("--momentum", "optim.momentum", float, "SGD momentum"),
-    ("--weight-decay", "optim.weight_decay", float, "weight decay"),
-    ("--schedule", "optim.schedule", str, "onecycle | cosine"),
-    ("--warmup", "optim.warmup", float, "fraction of steps rising to the peak lr"),
-    ("--label-smoothing", "optim.label_smoothing", float, "label smoothing (default 0)"),
-    ("--ema-decay", "optim.ema_decay", float, "weight EMA decay per step, e.g. 0.999 (default and 0: off)"),
-    ("--grad-clip", "optim.grad_clip", float, "max gradient norm"),
-    ("--val-n", "val_n", int, "validation images attacked per epoch"),
-    ("--val-attack-steps", "val_attack_steps", int, "PGD steps of the validation attack"),
-    ("--patience", "patience", int, "early stop after N epochs without better robust val acc"),
-]
-BOOL_FLAGS = [
-    ("--augment", "data.augment", "random crop + flip"),
-    ("--compile", "compile", "torch.compile the model"),
-    ("--channels-last", "channels_last", "channels_last memory format (default: on for CUDA)"),
-    ("--resume", "resume", "continue the run in --out from its last.pt"),
-    ("--clead-clean-grad", "method.clead_clean_grad", "C-LEAD: gradients through the clean view (off: stop-gradient)"),
-]
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML file with config sections (method, model, data, attack, optim, ...)")
-    for flag, path, typ, help_text in FLAGS:
-        parser.add_argument(flag, dest=path, type=typ, default=argparse.SUPPRESS, help=help_text)
-    for flag, path, help_text in BOOL_FLAGS:
-        parser.add_argument(flag, dest=path, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
-
-
-def config_from_args(args: argparse.Namespace) -> C.TrainConfig:
-    raw: dict[str, Any] = {}
-    if getattr(args, "config", None):
-        path = Path(args.config)
-        if not path.is_file():
-            raise FileNotFoundError(f"--config: no such file {path}")
-        raw = yaml.safe_load(path.read_text()) or {}
-    for key, value in vars(args).items():
-        if key in ("config", "command", "run", "argv"):
-            continue
-        node = raw
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return C.from_dict(raw)
-
-
-def run(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
-    C.validate(cfg)  # before any data is loaded
-    fit(cfg, command=" ".join(["clead-train", *getattr(args, "argv", sys.argv[1:])]))
-    return 0
-
 
 # ---------------------------------------------------------------------------------------
 # The loop
@@ -370,7 +278,7 @@ def seed_everything(seed: int) -> None:
 
 def fit(cfg: C.TrainConfig, command: str = "") -> dict[str, Any]:
     """Train per ``cfg``; returns the run summary (also written to ``<out>/summary.json``)."""
-    C.validate(cfg)
+    resolve(cfg)
     dist_info, device = init_distributed(cfg.device)
     try:
         return _fit(cfg, dist_info, device, command)
@@ -485,3 +393,7 @@ def _epoch_line(m: dict[str, Any]) -> str:
         parts.append("CATASTROPHIC OVERFITTING")
     parts += [f"{m['images_per_s']:.0f} img/s", f"lr {m['lr']:.4g}"]
     return " | ".join(parts) + (" *" if m.get("best") else "")
+
+
+# The command line moved to training.cli.fit; these names still resolve here, with a warning.
+__getattr__ = _forward(__name__, "training.cli.fit", ("FLAGS", "BOOL_FLAGS", "add_arguments", "config_from_args", "run"))

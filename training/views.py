@@ -18,7 +18,6 @@ the source model's clean and adversarial accuracy on the views.
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 from pathlib import Path
@@ -26,25 +25,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from training.config import AttackConfig, parse_eps
-from training.data import load_split
-from training.evaluation_cli import resolve_device
-from training.export import load_model, sha256_file
+from training.config import AttackConfig
+from training.export import sha256_file
 from training.methods import inner_attack
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="the model to attack: an exported artifact, a checkpoint or a run directory")
-    p.add_argument("--data", default="../shared/data/cifar10", help="dataset (see training.data; default %(default)s)")
-    p.add_argument("--cache-dir", default=None, help="decoded-dataset cache (default $CLEAD_CACHE or ~/.cache/clead)")
-    p.add_argument("--out", required=True, help="output file (.pt), for clead-train fit --fixed-views")
-    p.add_argument("--eps", default="8/255", help="L-inf radius (default %(default)s)")
-    p.add_argument("--steps", type=int, default=10, help="PGD steps (1 = FGSM with random start; default %(default)s)")
-    p.add_argument("--alpha", default=None, help="step size (default 2.5*eps/steps, 1.25*eps for 1 step)")
-    p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--seed", type=int, default=0, help="random starts")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--no-progress", action="store_true")
 
 
 def make_views(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, attack_cfg: AttackConfig,
@@ -72,39 +55,32 @@ def make_views(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tenso
     return views, {"clean_acc": clean / n, "views_acc": robust / n}
 
 
-def run(args: argparse.Namespace) -> int:
-    eps = parse_eps(args.eps)
-    if args.steps < 1:
-        raise ValueError(f"--steps must be >= 1, got {args.steps}")
-    if not 0 < eps <= 1:
-        raise ValueError(f"--eps must be in (0, 1] (pixel units: 8/255), got {args.eps}")
-    attack_cfg = AttackConfig(eps=eps, steps=args.steps, alpha=parse_eps(args.alpha) if args.alpha else None)
-    model, meta = load_model(args.model)
-    data = load_split(args.data, "train", args.cache_dir)
+def views_file(model: torch.nn.Module, meta: dict, source: Path, data_path: str, images: torch.Tensor,
+               labels: torch.Tensor, attack_cfg: AttackConfig, batch_size: int = 512,
+               device: str | torch.device = "cpu", seed: int = 0, progress: bool = False) -> dict:
+    """The contents of a views file: the views of ``images`` against ``model`` (loaded from
+    ``source``), what made them, and the source model's accuracy on them."""
     start = time.perf_counter()
-    views, accuracy = make_views(model, data.images, data.labels, attack_cfg, args.batch_size,
-                                 resolve_device(args.device), args.seed, progress=not args.no_progress)
-    source = Path(args.model)
-    blob = {
+    views, accuracy = make_views(model, images, labels, attack_cfg, batch_size, device, seed, progress)
+    return {
         "images": views,
-        "labels": data.labels.clone(),
-        "eps": eps,
-        "steps": args.steps,
+        "labels": labels.clone(),
+        "eps": attack_cfg.eps,
+        "steps": attack_cfg.steps,
         "alpha": attack_cfg.step_size(),
-        "seed": args.seed,
+        "seed": seed,
         "source_model": str(source),
         "source_sha256": sha256_file(source) if source.is_file() else "",
         "source_name": str(meta.get("name", source.stem)),
-        "data": args.data,
+        "data": data_path,
         "seconds": time.perf_counter() - start,
         **accuracy,
     }
-    out = Path(args.out)
+
+
+def save_views(blob: dict, out: Path) -> None:
+    """Write ``blob`` to ``out`` atomically (a half-written file is never read as views)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
     torch.save(blob, tmp)
     os.replace(tmp, out)
-    print(f"{out}: {len(views)} views, eps {eps:.5f}, {args.steps} steps; source model accuracy "
-          f"clean {100 * accuracy['clean_acc']:.1f}%, on the views {100 * accuracy['views_acc']:.1f}% "
-          f"({blob['seconds']:.0f} s)")
-    return 0

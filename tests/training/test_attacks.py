@@ -13,7 +13,8 @@ EPS = 8 / 255
 L2_EPS = 0.5
 # Few iterations keep the suite fast; the invariants hold for any step count.
 FAST = {"pgd": {"steps": 5}, "pgd-l2": {"steps": 5}, "cw": {"steps": 5}, "apgd-ce": {"steps": 10},
-        "apgd-dlr": {"steps": 10}, "apgd-t": {"steps": 5, "n_target_classes": 3}}
+        "apgd-dlr": {"steps": 10}, "apgd-t": {"steps": 5, "n_target_classes": 3},
+        "square": {"queries": 100}, "autoattack": {"steps": 5, "queries": 50}}
 
 
 def _batch(trained_tiny, n=64):

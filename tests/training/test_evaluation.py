@@ -259,7 +259,7 @@ def test_cli_writes_report_curve_and_resumes(trained_tiny, cifar_root, tmp_path,
 def test_an_interrupted_resume_keeps_the_curve_and_sanity_checks(trained_tiny, cifar_root, tmp_path, monkeypatch):
     """A long attack added with --resume (AutoAttack takes an hour on a CPU) may be killed: the
     report.json it leaves must still hold what the earlier run measured."""
-    from training import evaluation_cli
+    from training.cli import evaluate as evaluation_cli
     from training.export import export_artifact
 
     model, _ = trained_tiny
@@ -314,7 +314,7 @@ SANITY_FAST = dict(strong_steps=20, strong_restarts=2, square_queries=300, autoa
 @pytest.mark.cifar
 @pytest.mark.slow
 def test_sanity_checks_pass_on_an_honest_model(trained_tiny):
-    from training.sanity import format_checks, run_sanity_checks
+    from training.evaluation.sanity import format_checks, run_sanity_checks
 
     model, test = trained_tiny
     x, y = test.images[:64].float() / 255, test.labels[:64]
@@ -336,7 +336,7 @@ class _Quantised(torch.nn.Module):
 
 @pytest.mark.cifar
 def test_sanity_checks_catch_gradient_masking(trained_tiny):
-    from training.sanity import format_checks, run_sanity_checks
+    from training.evaluation.sanity import format_checks, run_sanity_checks
 
     model, test = trained_tiny
     x, y = test.images[:64].float() / 255, test.labels[:64]

@@ -42,7 +42,7 @@ def test_pair_objective_is_per_sample_and_grows_as_twins_separate():
 
 
 def cfg(**method) -> TrainConfig:
-    return TrainConfig(method=MethodConfig(name="clead", **method), model=ModelConfig(name="tiny_cnn"),
+    return TrainConfig(method=MethodConfig(name="clead", options=method), model=ModelConfig(name="tiny_cnn"),
                        attack=AttackConfig(steps=2))
 
 
@@ -52,7 +52,7 @@ def test_clead_every_option_combination_gives_a_finite_differentiable_loss():
     for loss in ("ntxent", "supcon"):
         for ce_on in ("adv", "clean", "both"):
             for inner in ("ce", "contrastive", "sum"):
-                method = create_method(create_model("tiny_cnn"), cfg(clead_loss=loss, clead_ce_on=ce_on, clead_inner=inner))
+                method = create_method(create_model("tiny_cnn"), cfg(loss=loss, ce_on=ce_on, inner=inner))
                 out = method.step(x, y)
                 assert torch.isfinite(out["loss"])
                 out["loss"].backward()
@@ -63,7 +63,7 @@ def test_clead_every_option_combination_gives_a_finite_differentiable_loss():
 def test_clead_inner_attack_stays_in_the_ball_and_raises_its_objective():
     torch.manual_seed(0)
     x, y = torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,))
-    method = create_method(create_model("tiny_cnn"), cfg(clead_inner="contrastive")).eval()
+    method = create_method(create_model("tiny_cnn"), cfg(inner="contrastive")).eval()
     x_adv = method.perturb(x, y)["x_adv"]
     assert (x_adv - x).abs().max() <= 8 / 255 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
     with torch.no_grad():
@@ -77,11 +77,11 @@ def test_clead_view_options_train_the_classifier_and_stop_gradient_blocks_the_cl
     torch.manual_seed(0)
     x, y = torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,))
     for views in ("separate", "joint"):
-        method = create_method(create_model("tiny_cnn"), cfg(clead_views=views))
+        method = create_method(create_model("tiny_cnn"), cfg(views=views))
         out = method.step(x, y)
         out["loss"].backward()
         assert torch.isfinite(out["loss"]) and method.model.fc.weight.grad is not None
-    method = create_method(create_model("tiny_cnn"), cfg(clead_clean_grad=False))
+    method = create_method(create_model("tiny_cnn"), cfg(clean_grad=False))
     extra = method.perturb(x, y)
     calls = []
     hook = method.model.conv1.register_forward_hook(lambda m, i, o: calls.append(o.requires_grad))
@@ -93,7 +93,7 @@ def test_clead_view_options_train_the_classifier_and_stop_gradient_blocks_the_cl
 
 
 def test_stop_gradient_needs_ce_on_adv():
-    from training.config import validate
+    from training.methods import resolve
 
     with pytest.raises(ValueError, match="--no-clead-clean-grad"):
-        validate(cfg(clead_clean_grad=False, clead_ce_on="both"))
+        resolve(cfg(clean_grad=False, ce_on="both"))

@@ -12,9 +12,9 @@ import torch
 from training import cli
 from training.attacks.gradient import NFGSM
 from training.checkpoint import load_checkpoint, model_from_checkpoint
-from training.config import TrainConfig, validate
+from training.config import TrainConfig
 from training.ema import WeightEMA
-from training.methods import create_method, inner_attack
+from training.methods import create_method, inner_attack, resolve
 from training.models import create_model
 from training.train import catastrophic_overfitting, cpu_bf16_native
 
@@ -58,23 +58,26 @@ def test_inner_attack_builds_nfgsm_only_when_asked():
     ("attack", "noise", -0.5, "--attack-noise"),
     ("optim", "ema_decay", 1.0, "--ema-decay"),
     ("optim", "ema_decay", -0.1, "--ema-decay"),
-    ("method", "clead_embed", "logits", "--clead-embed"),
-    ("method", "clead_kl", -1.0, "--clead-kl"),
-    ("method", "clead_target", "teacher", "--clead-target"),
-    ("method", "clead_target_decay", 1.0, "--clead-target-decay"),
+    ("options", "embed", "logits", "--clead-embed"),
+    ("options", "kl", -1.0, "--clead-kl"),
+    ("options", "target", "teacher", "--clead-target"),
+    ("options", "target_decay", 1.0, "--clead-target-decay"),
 ])
 def test_new_options_are_validated(section, field, value, option):
     cfg = TrainConfig()
-    setattr(getattr(cfg, section), field, value)
+    if section == "options":  # C-LEAD's own options (the default method)
+        cfg.method.options[field] = value
+    else:
+        setattr(getattr(cfg, section), field, value)
     with pytest.raises(ValueError, match=f"invalid option {option}"):
-        validate(cfg)
+        resolve(cfg)
 
 
 def test_nfgsm_needs_a_single_linf_step():
     cfg = TrainConfig()
     cfg.attack.kind, cfg.attack.steps = "n-fgsm", 3
     with pytest.raises(ValueError, match="--attack-kind"):
-        validate(cfg)
+        resolve(cfg)
 
 
 # -- weight averaging ----------------------------------------------------------------------------
@@ -180,12 +183,11 @@ def test_cpu_amp_probe_measures_and_chooses(cifar_root):
 
 
 # -- C-LEAD variants ---------------------------------------------------------------------------------
-def _clead(**method):
+def _clead(**options):
     cfg = TrainConfig()
     cfg.attack.steps = 1
-    for key, value in method.items():
-        setattr(cfg.method, key, value)
-    validate(cfg)
+    cfg.method.options.update(options)
+    resolve(cfg)
     return create_method(_tiny(), cfg), cfg
 
 
@@ -195,7 +197,7 @@ def _batch():
 
 
 def test_features_embedding_has_no_head_parameters():
-    method, _ = _clead(clead_embed="features", clead_tau=0.2)
+    method, _ = _clead(embed="features", tau=0.2)
     assert not [n for n, _ in method.named_parameters() if n.startswith("head.")]
     out = method.step(*_batch())
     assert torch.isfinite(out["loss"]) and out["contrastive"] > 0
@@ -204,7 +206,7 @@ def test_features_embedding_has_no_head_parameters():
 
 def test_kl_consistency_adds_its_term():
     x, y = _batch()
-    with_kl, _ = _clead(clead_kl=2.0)
+    with_kl, _ = _clead(kl=2.0)
     torch.manual_seed(2)
     out = with_kl.step(x, y)
     assert "kl" in out and out["kl"] >= 0
@@ -213,7 +215,7 @@ def test_kl_consistency_adds_its_term():
 
 
 def test_momentum_encoder_is_a_slow_copy_without_gradients():
-    method, _ = _clead(clead_target="ema", clead_target_decay=0.5)
+    method, _ = _clead(target="ema", target_decay=0.5)
     target = method.target.module
     assert all(not p.requires_grad for p in target.parameters())
     optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.5)
@@ -236,9 +238,9 @@ def test_momentum_encoder_is_a_slow_copy_without_gradients():
 
 def test_momentum_encoder_needs_ce_on_the_adversarial_view():
     cfg = TrainConfig()
-    cfg.method.clead_target, cfg.method.clead_ce_on = "ema", "both"
+    cfg.method.options.update(target="ema", ce_on="both")
     with pytest.raises(ValueError, match="--clead-target"):
-        validate(cfg)
+        resolve(cfg)
 
 
 @pytest.mark.cifar

@@ -16,7 +16,7 @@ import torch
 from training import cli
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.config import TrainConfig, from_dict, validate
-from training.methods import method_names
+from training.methods import method_names, resolve
 from training.train import fit, lr_factor
 
 REPO = Path(__file__).resolve().parents[2]
@@ -77,17 +77,24 @@ def test_invalid_options_fail_before_data_is_loaded(flags, option, tmp_path, cap
 
 
 def test_yaml_config_with_flags_on_top(tmp_path):
-    from training.train import add_arguments, config_from_args
+    from training.cli.fit import add_arguments, config_from_args
     import argparse
 
     cfg_file = tmp_path / "run.yaml"
-    cfg_file.write_text("method: {name: trades, trades_beta: 3.0}\nattack: {eps: 4/255, steps: 5}\nepochs: 7\n")
+    cfg_file.write_text("method: {name: clead, tau: 0.5, loss: supcon}\nattack: {eps: 4/255, steps: 5}\nepochs: 7\n")
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    cfg = config_from_args(parser.parse_args(["--config", str(cfg_file), "--epochs", "2", "--tau", "0.2"]))
-    assert cfg.method.name == "trades" and cfg.method.trades_beta == 3.0
+    cfg = resolve(config_from_args(parser.parse_args(["--config", str(cfg_file), "--epochs", "2", "--tau", "0.2"])))
+    assert cfg.method.name == "clead" and cfg.method.options["loss"] == "supcon"
     assert cfg.attack.eps == pytest.approx(4 / 255) and cfg.attack.steps == 5
-    assert cfg.epochs == 2 and cfg.method.clead_tau == 0.2  # flags win
+    assert cfg.epochs == 2 and cfg.method.options["tau"] == 0.2  # flags win
+    # A config written before options were per-method (every method's options, prefixed) still loads.
+    old = resolve(from_dict({"method": {"name": "trades", "trades_beta": 3.0, "clead_tau": 0.1, "clead_loss": "ntxent"}}))
+    assert old.method.options == {"beta": 3.0}
+    with pytest.raises(ValueError, match="unknown option"):
+        resolve(from_dict({"method": {"name": "trades", "betta": 3.0}}))
+    with pytest.warns(UserWarning, match="no option 'tau'"):  # another method's option is ignored, not silently
+        resolve(from_dict({"method": {"name": "pgd-at", "tau": 0.2}}))
     with pytest.raises(ValueError, match="unknown key"):
         from_dict({"attack": {"epsilon": 1}})
 
@@ -188,6 +195,7 @@ def test_export_matches_checkpoint_in_a_fresh_process(cifar_root, tmp_path):
 
 def test_validate_accepts_defaults():
     validate(TrainConfig())
+    resolve(TrainConfig())
 
 
 # ---------------------------------------------------------------------------------------

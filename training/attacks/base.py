@@ -50,6 +50,9 @@ class Attack:
 
     name = "attack"
     supported_norms: tuple[str, ...] = NORMS
+    third_party = False  # True for adapters of other libraries' attacks (training.attacks.third_party)
+    context: tuple[str, ...] = ()  # arguments an evaluation passes besides the settings (e.g. "seed")
+    implementation = "clead (training.attacks)"  # who computes the attack, for reports
 
     def __init__(self, eps: float = 8 / 255, norm: str = "linf", targeted: bool = False) -> None:
         if eps < 0:

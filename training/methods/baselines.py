@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from training.methods.base import Method
+from training.methods.options import Options, option
 
 
 class Standard(Method):
@@ -42,6 +44,12 @@ class PGDAT(Method):
         return {"loss": loss, "logits": logits, "ce_adv": loss.detach()}
 
 
+@dataclass
+class TRADESOptions(Options):
+    beta: float = option(6.0, "--beta", "TRADES: weight of KL(clean || adv) (Zhang et al. 2019 use 6)",
+                         check=lambda v: v >= 0, must=">= 0")
+
+
 class TRADES(Method):
     """TRADES (Zhang et al. 2019, "Theoretically Principled Trade-off between Robustness and
     Accuracy"): CE(f(x), y) + beta * KL(f(x) || f(x_adv)), where x_adv maximises the same KL
@@ -50,6 +58,8 @@ class TRADES(Method):
     name = "trades"
     adversarial = True
     online_attack = True
+    Options = TRADESOptions
+    legacy_prefix = "trades_"
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.no_grad():
@@ -66,8 +76,5 @@ class TRADES(Method):
         logits_adv = self.model(x_adv)
         ce = self.ce(logits, y)
         kl = F.kl_div(F.log_softmax(logits_adv.float(), 1), F.softmax(logits.float(), 1), reduction="batchmean")
-        loss = ce + self.cfg.trades_beta * kl
+        loss = ce + self.opts.beta * kl
         return {"loss": loss, "logits": logits_adv, "ce_clean": ce.detach(), "kl": kl.detach()}
-
-    def settings(self) -> dict[str, Any]:
-        return {"beta": self.cfg.trades_beta}

@@ -1,7 +1,9 @@
 """``clead-train``: train (``fit``), export and evaluate robust classifiers, make fixed ``views``, ``report`` the study.
 
-The CLI only parses arguments and builds config dataclasses; each subcommand's arguments
-and entry point live beside the code they drive.
+The command lines of the library: each subcommand is a module here with ``add_arguments``
+and ``run`` (``fit``, ``evaluate``, ``export``, ``views``, ``suspicion``), or the study's
+(``training.study``). They parse arguments, build the library's config dataclasses and call
+the library, which never sees argparse.
 """
 
 from __future__ import annotations
@@ -12,15 +14,17 @@ from typing import Optional, Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from training import campaign, evaluation_cli, export_cli, study, train, views
+    from training import campaign, study
+    from training.cli import evaluate, export, fit, suspicion, views
 
     parser = argparse.ArgumentParser(prog="clead-train", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, module, help_text in (
-        ("fit", train, "train a classifier with C-LEAD or a baseline method"),
-        ("export", export_cli, "export a run's best checkpoint as a self-contained artifact"),
-        ("eval", evaluation_cli, "evaluate robustness under attacks and write a report"),
+        ("fit", fit, "train a classifier with C-LEAD or a baseline method"),
+        ("export", export, "export a run's best checkpoint as a self-contained artifact"),
+        ("eval", evaluate, "evaluate robustness under attacks and write a report"),
         ("views", views, "precompute adversarial views of the train split (for --method clead-fixed)"),
+        ("suspicion", suspicion, "add the suspicion score to artifacts (augment) and measure it (eval)"),
         ("study", campaign, "train, select, export and evaluate every row of the study spec (docs/study.yaml)"),
         ("report", study, "write the robustness study (docs/robustness.md) from finished runs and reports"),
     ):

@@ -1,0 +1,137 @@
+"""The reports of an evaluation: ``report.md``, the robustness curve, the artifact's metrics.
+
+``render_markdown(report)`` turns a ``report.json`` (``training.evaluation.runner``) into
+markdown, ``plot_curve`` draws accuracy against eps, ``record_metrics`` writes the measured
+accuracies into an artifact's metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from training.evaluation.specs import fmt_eps
+
+
+def plot_curve(curve: dict, path: str | Path, title: str = "") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    xs = [255 * e for e in curve["eps"]]
+    for label, ys in curve["accuracy"].items():
+        style = dict(color="black", linestyle="--") if label == "worst case" else {}
+        ax.plot(xs, [100 * y for y in ys], marker="o", label=label, **style)
+    ax.set_xlabel("eps (L-inf, x/255)")
+    ax.set_ylabel(f"accuracy (%) on {curve['n']} images")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+
+def _fmt_settings(settings: dict) -> str:
+    parts = []
+    for k, v in settings.items():
+        if k in ("eps", "name", "targeted", "norm", "seed") or v is None:
+            continue
+        parts.append(f"{k}={fmt_eps(v) if k == 'alpha' else v}")
+    return ", ".join(parts)
+
+
+def render_markdown(report: dict) -> str:
+    model, data = report.get("model", {}), report["data"]
+    lines = [f"# Robustness report: {model.get('name', 'model')}", ""]
+    if model:
+        lines.append(f"- model: `{model.get('path')}` (sha256 `{str(model.get('sha256'))[:16]}`), "
+                     f"method: {model.get('method') or 'unknown'}")
+    subset = f"class-balanced, seed {data['seed']}" if data["class_balanced"] else "all images"
+    lines.append(f"- data: {data.get('source', '?')} ({data.get('split', '?')} split), "
+                 f"{data['n']} of {data['of']} images ({subset})")
+    lines.append(f"- threat model: L-inf, eps = {fmt_eps(report['eps'])} ({report['eps']:.5f})")
+    third = sorted({r["implementation"] for r in report["attacks"] if r["attack"] == "autoattack"})
+    if any(r["attack"] == "autoattack" for r in report["attacks"]):
+        lines.append(f"- AutoAttack: standard suite (APGD-CE, APGD-T, FAB-T, Square) run by {', '.join(third)}")
+    env = report.get("environment", {})
+    if env:
+        lines.append(f"- run: {env.get('date')}, device {env.get('device')}, torch {env.get('torch')}, "
+                     f"commit {str(env.get('git_commit'))[:10]}")
+    lines += ["", "| attack | implementation | settings | eps | n | accuracy | seconds |", "|---|---|---|---|---|---|---|"]
+    c = report["clean"]
+    lines.append(f"| clean | - | - | 0 | {c['n']} | {100 * c['accuracy']:.2f}% | {c['seconds']:.1f} |")
+    for r in report["attacks"]:
+        eps = fmt_eps(r["eps"]) + (" (L2)" if r["norm"] == "l2" else "")
+        lines.append(f"| {r['label']} | {r['implementation']} | {_fmt_settings(r['settings'])} | {eps} | {r['n']} "
+                     f"| {100 * r['accuracy']:.2f}% | {r['seconds']:.1f} |")
+    w = report.get("worst_case")
+    if w and w["attacks"]:
+        lines.append(f"| **worst case** | - | all of: {', '.join(w['attacks'])} | {fmt_eps(report['eps'])} | {w['n']} "
+                     f"| **{100 * w['accuracy']:.2f}%** | - |")
+    if report.get("curve"):
+        lines += ["", f"Robustness curve ({report['curve']['n']} images): `robustness_curve.png`."]
+    if report.get("sanity"):
+        lines += ["", "| sanity check (Carlini et al. 2019) | passed | measured |", "|---|---|---|"]
+    for check in report.get("sanity", []):
+        values = ", ".join(f"{k}={100 * v:.1f}%" for k, v in check["values"].items())
+        lines.append(f"| {check['name']} | {'yes' if check['passed'] else '**NO**'} | {values} |")
+    return "\n".join(lines) + "\n"
+
+
+
+def describe_model(path: str | Path, meta: dict) -> dict:
+    from training.checkpoint import resolve_checkpoint
+    from training.export import sha256_file
+
+    path = Path(path)
+    file = path if path.is_file() else resolve_checkpoint(path)
+    return {
+        "path": str(path),
+        "name": meta.get("name") or path.stem,
+        "sha256": meta.get("sha256") or sha256_file(file),
+        "method": meta.get("method") if isinstance(meta.get("method"), str) else (meta.get("method") or {}).get("name"),
+        "format": meta.get("format") or meta.get("source"),
+        "classes": meta.get("classes"),
+    }
+
+
+def record_metrics(artifact: Path, report: dict, environment: dict) -> Path:
+    """Merge a report's accuracies into ``<artifact>.json`` under ``metrics``.
+
+    Keys: ``clean_acc``/``clean_n`` (kept from the run that saw the most images, so clean
+    accuracy on the whole test split survives a later attack run on a subset), and per attack
+    ``<label>_acc`` (``pgd20_acc``, ``autoattack_acc``, ...) with its image count in
+    ``attack_n``. The model file, hence its sha256, is untouched.
+    """
+    from training.export import metadata_path, write_json_atomic
+
+    meta_file = metadata_path(artifact)
+    if not artifact.is_file() or not meta_file.is_file():
+        raise FileNotFoundError(f"--update-metadata needs an exported artifact with its JSON beside it; {meta_file} is missing")
+    meta = json.loads(meta_file.read_text())
+    metrics = dict(meta.get("metrics") or {})
+    clean = report["clean"]
+    if clean["n"] >= int(metrics.get("clean_n") or 0):
+        metrics.update(clean_acc=clean["accuracy"], clean_n=clean["n"])
+    attack_n = dict(metrics.get("attack_n") or {})
+    for entry in report["attacks"]:
+        key = re.sub(r"[^a-z0-9]+", "_", entry["label"].lower()).strip("_")
+        metrics[f"{key}_acc"] = entry["accuracy"]
+        attack_n[key] = entry["n"]
+        if entry["attack"] == "autoattack":
+            metrics["autoattack_implementation"] = entry["implementation"]
+    # ``n``: the images AutoAttack saw when it ran (the headline robust number), else the most.
+    n = attack_n.get("autoattack", max(attack_n.values(), default=clean["n"]))
+    metrics.update(attack_n=attack_n, n=n, eps=report["eps"],
+                   split=report["data"].get("split"), evaluated=environment.get("date"),
+                   evaluated_commit=environment.get("git_commit"))
+    meta["metrics"] = metrics
+    write_json_atomic(meta_file, meta)
+    return meta_file
