@@ -12,7 +12,8 @@ from typing import Optional, Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from training import campaign, evaluation_cli, export_cli, study, train, views
+    from training import evaluation_cli, export_cli, train, views
+    from training.study import report as study, run as campaign
 
     parser = argparse.ArgumentParser(prog="clead-train", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)

@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from training import config as C
-from training.study import build_study, main
+from training.study.report import build_study, main
 
 EPS = 8 / 255
 HW = "1 x NVIDIA H100"

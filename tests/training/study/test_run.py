@@ -12,7 +12,8 @@ import torch
 import yaml
 
 from training import cli
-from training.campaign import Plan, best_of, build_plan
+from training.study.run import Plan, best_of, build_plan
+from training.study.spec import load_spec
 
 
 def _folder_split(root: Path, split: str, per_class: int, seed: int) -> None:
@@ -86,9 +87,7 @@ def test_only_pulls_in_the_rows_a_row_needs(tmp_path):
 
 
 def test_the_shipped_spec_builds_a_plan(tmp_path):
-    from training.study import load_spec
-
-    spec = load_spec(Path(__file__).resolve().parents[2] / "docs" / "study.yaml")
+    spec = load_spec(Path(__file__).resolve().parents[3] / "docs" / "study.yaml")
     plan = build_plan(Plan(spec, tmp_path, "data", ["python"]))
     assert {"fit:C-LEAD", "export:C-LEAD", "fit:PGD-AT", "export:PGD-AT"} <= set(plan.jobs)  # the current recipe
     assert {"select:C-LEAD (previous recipe)", "export:C-LEAD (previous recipe)",
