@@ -7,6 +7,10 @@ evaluation reports (``ROW_KEYS``) and how ``clead-train study`` makes them (``MA
     - {name: PGD-AT, method: pgd-at, run: runs/cifar10-pgd-at, eval: [runs/eval-pgd-at], role: main,
        fit: "", artifact: runs/cifar10-pgd-at/model.pt}
 
+What the report's verdict compares is data of the spec too: ``verdict:`` (``Verdict``: the
+candidate, the baselines) and ``targets:`` / ``previous_targets:`` (``Targets``); a spec without
+them asks the study's question (C-LEAD against PGD-AT and TRADES) by the default targets.
+
 ``load_row`` reads only files: one that is missing is recorded in ``Row.missing`` and its cells
 read "not run" in the report; nothing is filled in.
 """
@@ -28,23 +32,71 @@ ROW_KEYS = {"name", "method", "run", "eval", "role"}
 MAKE_KEYS = {"fit", "ship", "artifact", "select", "views"}  # how `clead-train study` makes a row (training.study.run)
 
 
+def _known_keys(raw: Optional[dict], cls: type, where: str) -> dict:
+    """``raw`` (a mapping of the spec, or nothing) as a dict whose keys are fields of ``cls``."""
+    raw = dict(raw or {})
+    valid = {f.name for f in fields(cls)}
+    if set(raw) - valid:
+        raise ValueError(f"spec {where}: unknown key(s) {sorted(set(raw) - valid)}; valid: {', '.join(sorted(valid))}")
+    return raw
+
+
+def _method(name: object, where: str) -> str:
+    if name not in METHODS:
+        raise ValueError(f"spec {where}: unknown method {name!r}; valid: {', '.join(METHODS)}")
+    return str(name)
+
+
 @dataclass(frozen=True)
 class Targets:
     """What the verdict checks; a spec sets them under ``targets:`` (and ``previous_targets:``
     for the rows of role ``previous``), these are the defaults."""
 
-    aa_margin: float = 2.0  # C-LEAD's AutoAttack accuracy at least this many points above the baseline's
-    clean_slack: float = 1.0  # C-LEAD's clean accuracy at most this many points below the baseline's
-    autoattack: float = 0.38  # the shipped C-LEAD model's own AutoAttack target (fraction)
+    aa_margin: float = 2.0  # the candidate's AutoAttack accuracy at least this many points above the baseline's
+    clean_slack: float = 1.0  # the candidate's clean accuracy at most this many points below the baseline's
+    autoattack: float = 0.38  # the candidate's own AutoAttack target (fraction)
     clean: float = 0.68  # ... and its clean target
 
     @classmethod
     def of(cls, raw: Optional[dict]) -> "Targets":
-        raw = dict(raw or {})
-        valid = {f.name for f in fields(cls)}
-        if set(raw) - valid:
-            raise ValueError(f"spec targets: unknown key(s) {sorted(set(raw) - valid)}; valid: {', '.join(sorted(valid))}")
-        return cls(**{k: float(v) for k, v in raw.items()})
+        return cls(**{k: float(v) for k, v in _known_keys(raw, cls, "targets").items()})
+
+
+@dataclass(frozen=True)
+class Contender:
+    """A method the verdict compares, and what the summary calls it."""
+
+    method: str
+    label: str
+
+    @classmethod
+    def of(cls, raw: object, where: str) -> "Contender":
+        if not isinstance(raw, dict) or set(raw) != {"method", "label"}:
+            raise ValueError(f"spec {where}: {raw!r} should be {{method: ..., label: ...}}")
+        return cls(_method(raw["method"], where), str(raw["label"]))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Who the summary compares: in each verdict (the rows of role ``main``, and those of role
+    ``previous`` for the previous recipe's own), the first row of the candidate's method against
+    the first row of each baseline's; a baseline without a row is an open comparison. A spec sets
+    them under ``verdict:``; these defaults are the study's question (C-LEAD vs PGD-AT and TRADES)."""
+
+    candidate: Contender = Contender("clead", "C-LEAD")  # its rows (main, previous) also head the ablation table
+    baselines: tuple[Contender, ...] = (Contender("pgd-at", "PGD-AT"), Contender("trades", "TRADES"))
+    undefended: str = "standard"  # rows of role main with this method head the previous recipe's table too
+
+    @classmethod
+    def of(cls, raw: Optional[dict]) -> "Verdict":
+        raw = _known_keys(raw, cls, "verdict")
+        if "candidate" in raw:
+            raw["candidate"] = Contender.of(raw["candidate"], "verdict candidate")
+        if "baselines" in raw:
+            raw["baselines"] = tuple(Contender.of(b, "verdict baselines") for b in raw["baselines"] or [])
+        if "undefended" in raw:
+            raw["undefended"] = _method(raw["undefended"], "verdict undefended")
+        return cls(**raw)
 
 
 @dataclass
@@ -95,8 +147,7 @@ def parse_row(raw: dict, root: Path) -> Row:
     unknown = set(raw) - ROW_KEYS - MAKE_KEYS
     if unknown:
         raise ValueError(f"spec row {raw['name']!r}: unknown key(s) {sorted(unknown)}; valid: {', '.join(sorted(ROW_KEYS | MAKE_KEYS))}")
-    if raw["method"] not in METHODS:
-        raise ValueError(f"spec row {raw['name']!r}: unknown method {raw['method']!r}; valid: {', '.join(METHODS)}")
+    _method(raw["method"], f"row {raw['name']!r}")
     role = raw.get("role", "main")
     if role not in ROLES:
         raise ValueError(f"spec row {raw['name']!r}: unknown role {role!r}; valid: {', '.join(ROLES)}")
