@@ -95,3 +95,14 @@ def test_the_shipped_spec_builds_a_plan(tmp_path):
     assert all("," not in row["name"] for row in spec["rows"])  # --only splits on commas
     ablations = [row for row in spec["rows"] if row.get("role") == "ablation"]
     assert all(f"fit:{row['name']}" in plan.jobs["select:C-LEAD (previous recipe)"].needs for row in ablations)
+
+
+def test_main_is_clead_train_study(tmp_path, capsys):
+    from training.study.run import main
+
+    spec = tmp_path / "study.yaml"
+    spec.write_text(yaml.safe_dump(SPEC))
+    assert main(["--spec", str(spec), "--dry-run", "--only", "Standard"]) == 0
+    assert "fit:Standard  needs -" in capsys.readouterr().out
+    assert main(["--spec", str(spec), "--only", "nope"]) == 2
+    assert "clead-train study: error: --only: no row(s) named ['nope']" in capsys.readouterr().err
