@@ -15,10 +15,13 @@ The spec (YAML; ``training.study.spec``)::
       - {name: PGD-AT, method: pgd-at, run: runs/cifar10-pgd-at, eval: [runs/eval-pgd-at], role: main}
       - {name: "C-LEAD tau=0.1", method: clead, run: runs/abl-tau01, role: ablation}
 
-Roles: ``main`` rows fill the per-method table and the verdict, ``scale`` rows a second table
-(the same methods at another scale, e.g. full width on a GPU), ``ablation`` and
-``fixed-views`` rows the C-LEAD ablation table, which shows validation numbers only
-(ablations are chosen on the validation split; the test split only grades the final models).
+Roles: ``main`` rows fill the per-method table and the verdict, ``previous`` rows (an earlier
+recipe) a table and a verdict of their own, ``scale`` rows another table (the same methods at
+another scale, e.g. full width on a GPU), ``fixed-views`` rows a control line beside the
+verdict of their recipe, and ``ablation`` rows, with the candidate's own rows, the ablation
+table, which shows validation numbers only (ablations are chosen on the validation split; the
+test split only grades the final models). Who the verdict compares, and by which targets, is
+the spec's too (``verdict:``, ``targets:``).
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ from training.study.spec import ROLES, Row, Targets, Verdict, load_row, load_spe
 from training.study.verdict import summary
 
 
+# ---------------------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------------------
 def _epochs(row: Row) -> str:
     planned = (row.config or {}).get("epochs")
     if row.summary:
@@ -44,9 +50,6 @@ def _epochs(row: Row) -> str:
     return NOT_RUN
 
 
-# ---------------------------------------------------------------------------------------
-# Tables
-# ---------------------------------------------------------------------------------------
 def main_table(rows: list[Row], eps: float) -> list[str]:
     head = ["method", "clean", *[c for c, _ in COLUMNS], "images (clean / attacks)", "training wall time", "epochs",
             "hardware"]
@@ -100,21 +103,23 @@ def plot_curves(rows: list[Row], path: Path) -> Optional[Path]:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for row, curve in picked:
-        label, ys = ("worst case", curve["accuracy"]["worst case"]) if "worst case" in curve["accuracy"] \
-            else next(iter(curve["accuracy"].items()))
-        ax.plot([255 * e for e in curve["eps"]], [100 * y for y in ys], marker="o",
-                label=f"{row.name} ({label}, n={curve['n']})")
-    ax.set_xlabel("eps (L-inf, x/255)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title("Accuracy vs eps, all methods")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        for row, curve in picked:
+            label, ys = ("worst case", curve["accuracy"]["worst case"]) if "worst case" in curve["accuracy"] \
+                else next(iter(curve["accuracy"].items()))
+            ax.plot([255 * e for e in curve["eps"]], [100 * y for y in ys], marker="o",
+                    label=f"{row.name} ({label}, n={curve['n']})")
+        ax.set_xlabel("eps (L-inf, x/255)")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.set_title("Accuracy vs eps, all methods")
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path)
+    finally:  # a figure left open stays in pyplot's registry for the life of the process
+        plt.close(fig)
     return path
 
 
