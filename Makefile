@@ -78,7 +78,7 @@ study models: $(STAMP)
 
 # The robustness study from the runs and eval reports listed in docs/study.yaml (missing ones show as "not run").
 report: $(STAMP)
-	$(BIN)/python -m training.study --spec docs/study.yaml --out docs/robustness.md
+	$(BIN)/clead-train report --spec docs/study.yaml --out docs/robustness.md
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache runs/smoke

@@ -14,8 +14,8 @@ from typing import Optional, Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from training import campaign, study
     from training.cli import evaluate, export, fit, suspicion, views
+    from training.study import report, run
 
     parser = argparse.ArgumentParser(prog="clead-train", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -25,8 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("eval", evaluate, "evaluate robustness under attacks and write a report"),
         ("views", views, "precompute adversarial views of the train split (for --method clead-fixed)"),
         ("suspicion", suspicion, "add the suspicion score to artifacts (augment) and measure it (eval)"),
-        ("study", campaign, "train, select, export and evaluate every row of the study spec (docs/study.yaml)"),
-        ("report", study, "write the robustness study (docs/robustness.md) from finished runs and reports"),
+        ("study", run, "train, select, export and evaluate every row of the study spec (docs/study.yaml)"),
+        ("report", report, "write the robustness study (docs/robustness.md) from finished runs and reports"),
     ):
         p = sub.add_parser(name, help=help_text, description=help_text)
         module.add_arguments(p)

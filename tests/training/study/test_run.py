@@ -12,7 +12,8 @@ import torch
 import yaml
 
 from training import cli
-from training.campaign import Plan, best_of, build_plan
+from training.study.run import Plan, best_of, build_plan
+from training.study.spec import load_spec
 
 
 def _folder_split(root: Path, split: str, per_class: int, seed: int) -> None:
@@ -86,9 +87,7 @@ def test_only_pulls_in_the_rows_a_row_needs(tmp_path):
 
 
 def test_the_shipped_spec_builds_a_plan(tmp_path):
-    from training.study import load_spec
-
-    spec = load_spec(Path(__file__).resolve().parents[2] / "docs" / "study.yaml")
+    spec = load_spec(Path(__file__).resolve().parents[3] / "docs" / "study.yaml")
     plan = build_plan(Plan(spec, tmp_path, "data", ["python"]))
     assert {"fit:C-LEAD", "export:C-LEAD", "fit:PGD-AT", "export:PGD-AT"} <= set(plan.jobs)  # the current recipe
     assert {"select:C-LEAD (previous recipe)", "export:C-LEAD (previous recipe)",
@@ -96,3 +95,14 @@ def test_the_shipped_spec_builds_a_plan(tmp_path):
     assert all("," not in row["name"] for row in spec["rows"])  # --only splits on commas
     ablations = [row for row in spec["rows"] if row.get("role") == "ablation"]
     assert all(f"fit:{row['name']}" in plan.jobs["select:C-LEAD (previous recipe)"].needs for row in ablations)
+
+
+def test_main_is_clead_train_study(tmp_path, capsys):
+    from training.study.run import main
+
+    spec = tmp_path / "study.yaml"
+    spec.write_text(yaml.safe_dump(SPEC))
+    assert main(["--spec", str(spec), "--dry-run", "--only", "Standard"]) == 0
+    assert "fit:Standard  needs -" in capsys.readouterr().out
+    assert main(["--spec", str(spec), "--only", "nope"]) == 2
+    assert "clead-train study: error: --only: no row(s) named ['nope']" in capsys.readouterr().err

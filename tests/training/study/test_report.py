@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from training import config as C
-from training.study import build_study, main
+from training.study.report import build_study, main
 
 EPS = 8 / 255
 HW = "1 x NVIDIA H100"
@@ -284,3 +284,35 @@ def test_included_sections_are_copied_or_reported_missing(tmp_path):
     md, _, _ = build_study(spec, tmp_path)
     assert "## Suspicion score\n\nmeasured table\n" in md
     assert "not run: `docs/absent.md` does not exist yet." in md
+
+
+def test_the_spec_names_who_the_verdict_compares(tmp_path):
+    spec = main_rows(tmp_path)  # AutoAttack / clean: PGD-AT 45.0 / 80.5, TRADES 46.0 / 79.0, C-LEAD 48.0 / 80.0
+    spec["verdict"] = {"candidate": {"method": "trades", "label": "TRADES"},
+                       "baselines": [{"method": "pgd-at", "label": "PGD-AT"}, {"method": "clead-fixed", "label": "Fixed"}]}
+    md, _, _ = build_study(spec, tmp_path)
+    summary = md.split("## Summary")[1].split("##")[0]
+    assert summary.lstrip().startswith("**TRADES does not beat PGD-AT here**")  # +1 AutoAttack point, -1.5 clean
+    assert "- vs Fixed: not measured: no clean and AutoAttack accuracy for Fixed (not run)." in summary
+    assert "TRADES's own targets: AutoAttack 46.00%" in summary and "vs TRADES" not in summary
+    assert "## TRADES ablations (validation split)" in md and "C-LEAD ablations" not in md
+
+
+@pytest.mark.parametrize("verdict, message", [
+    ({"candidates": {}}, "spec verdict: unknown key.*'candidates'"),
+    ({"baselines": [{"method": "pgd", "label": "PGD"}]}, "spec verdict baselines: unknown method 'pgd'.*pgd-at"),
+    ({"candidate": {"method": "clead"}}, r"spec verdict candidate: .* should be \{method: ..., label: ...\}"),
+    ({"undefended": "none"}, "spec verdict undefended: unknown method 'none'"),
+])
+def test_verdict_errors_name_the_problem(tmp_path, verdict, message):
+    with pytest.raises(ValueError, match=message):
+        build_study({"rows": [{"name": "x", "method": "clead"}], "verdict": verdict}, tmp_path)
+
+
+@pytest.mark.parametrize("name", ["study.yaml", "screen.yaml"])
+def test_the_shipped_specs_load(tmp_path, name):
+    from training.study.spec import load_spec
+
+    spec = load_spec(Path(__file__).resolve().parents[3] / "docs" / name)
+    md, rows, _ = build_study(spec, tmp_path)  # nothing under tmp_path: every row is "not run"
+    assert all(r.missing for r in rows) and md.startswith(f"# {spec['title']}\n")
