@@ -303,22 +303,46 @@ def _fit(cfg: C.TrainConfig, dist_info: DistInfo, device: torch.device, command:
         trainer.load(load_resumable(out / LAST, map_location=device))  # falls back to last.prev.pt
     else:
         torch.manual_seed(cfg.seed * 1000 + dist_info.rank)  # independent attack noise per rank
+    info = _run_info(cfg, trainer, out, command, len(train), len(val))
+    observer = EpochObserver(out) if dist_info.is_main else None  # curves.png and TensorBoard, every epoch
+    try:
+        _epochs(trainer, val, out, observer)
+    finally:
+        if observer is not None:
+            observer.close()
+    summary = {**info, "epochs_run": trainer.epoch, "selection_metric": trainer.selection,
+               "best_score": trainer.best, "best_epoch": _best_epoch(trainer.history),
+               "wall_seconds": trainer.history[-1]["wall_seconds"] if trainer.history else 0.0,
+               "final": trainer.history[-1] if trainer.history else {}}
+    if dist_info.is_main:
+        write_json_atomic(out / "summary.json", summary)
+    return summary
+
+
+def _run_info(cfg: C.TrainConfig, trainer: "Trainer", out: Path, command: str, n_train: int, n_val: int) -> dict:
+    """What the run records about itself (``run.json``, and the head of ``summary.json``);
+    the main process also writes ``config.yaml`` and ``run.json``."""
     info = {"command": command, "git_commit": git_commit(), "versions": versions(),
-            "hardware": hardware(device, dist_info.world_size), "train_images": len(train), "val_images": len(val),
-            "amp": str(trainer.dtype).replace("torch.", "") if trainer.dtype else "fp32",
+            "hardware": hardware(trainer.device, trainer.dist.world_size), "train_images": n_train,
+            "val_images": n_val, "amp": str(trainer.dtype).replace("torch.", "") if trainer.dtype else "fp32",
             **({"amp_probe": trainer.amp_probe} if trainer.amp_probe else {})}
     if cfg.resume and (out / "run.json").is_file():
         # Keep the command that started the run; record the resumptions beside it.
         first = json.loads((out / "run.json").read_text())
         info["command"] = first.get("command", command)
         info["resumed_with"] = [*first.get("resumed_with", []), command]
-    if dist_info.is_main:
+    if trainer.dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(C.to_dict(cfg), sort_keys=False))
         write_json_atomic(out / "run.json", info)
         if cfg.resume:
             print(f"resuming {out} after epoch {trainer.epoch}", file=sys.stderr)
-    observer = EpochObserver(out) if dist_info.is_main else None  # curves.png and TensorBoard, every epoch
+    return info
+
+
+def _epochs(trainer: "Trainer", val: ImageSet, out: Path, observer: Optional[EpochObserver]) -> None:
+    """Train, validate, select and checkpoint epoch after epoch, until the last or an early stop."""
+    cfg, is_main = trainer.cfg, trainer.dist.is_main
     wall_start = time.perf_counter()
     wall_before = trainer.history[-1]["wall_seconds"] if trainer.history else 0.0
     stale = 0
@@ -326,22 +350,13 @@ def _fit(cfg: C.TrainConfig, dist_info: DistInfo, device: torch.device, command:
         metrics = trainer.train_epoch()
         metrics.update(trainer.validate(val))
         trainer.epoch += 1
-        metrics.update(epoch=trainer.epoch, ranks_in_sync=params_in_sync(trainer.method, device),
+        metrics.update(epoch=trainer.epoch, ranks_in_sync=params_in_sync(trainer.method, trainer.device),
                        wall_seconds=wall_before + time.perf_counter() - wall_start)
-        score, metrics["selected_weights"] = trainer.score(metrics)
-        metrics["catastrophic_overfitting"] = catastrophic_overfitting(trainer.history, metrics)
-        if metrics["catastrophic_overfitting"] and dist_info.is_main:
-            print(f"warning: catastrophic overfitting at epoch {trainer.epoch}: validation PGD accuracy fell to "
-                  f"{metrics['val_robust_acc']:.3f} while FGSM accuracy is {metrics['val_fgsm_acc']:.3f}", file=sys.stderr)
-        improved = score > trainer.best
-        if improved:
-            trainer.best, stale = score, 0
-        else:
-            stale += 1
-        metrics["best"] = improved
+        improved = _judge_epoch(trainer, metrics)
+        stale = 0 if improved else stale + 1
         trainer.history.append(metrics)
         rng = trainer.rng_states()  # collective: every rank takes part
-        if dist_info.is_main:
+        if is_main:
             state = trainer.state_dict(metrics, rng)
             save_checkpoint(out / LAST, state)
             if improved:
@@ -351,19 +366,25 @@ def _fit(cfg: C.TrainConfig, dist_info: DistInfo, device: torch.device, command:
             print(_epoch_line(metrics), file=sys.stderr)
             observer.on_epoch(metrics, trainer.history)
         if cfg.patience is not None and stale >= cfg.patience:
-            if dist_info.is_main:
+            if is_main:
                 print(f"early stop: no better {trainer.selection} for {stale} epochs", file=sys.stderr)
             break
         barrier()
-    if observer is not None:
-        observer.close()
-    summary = {**info, "epochs_run": trainer.epoch, "selection_metric": trainer.selection,
-               "best_score": trainer.best, "best_epoch": _best_epoch(trainer.history),
-               "wall_seconds": trainer.history[-1]["wall_seconds"] if trainer.history else 0.0,
-               "final": trainer.history[-1] if trainer.history else {}}
-    if dist_info.is_main:
-        write_json_atomic(out / "summary.json", summary)
-    return summary
+
+
+def _judge_epoch(trainer: "Trainer", metrics: dict[str, Any]) -> bool:
+    """Score the epoch (whose weights, and whether they beat the best so far) and flag
+    catastrophic overfitting; adds ``selected_weights``, ``catastrophic_overfitting`` and
+    ``best`` to ``metrics``."""
+    score, metrics["selected_weights"] = trainer.score(metrics)
+    metrics["catastrophic_overfitting"] = catastrophic_overfitting(trainer.history, metrics)
+    if metrics["catastrophic_overfitting"] and trainer.dist.is_main:
+        print(f"warning: catastrophic overfitting at epoch {trainer.epoch}: validation PGD accuracy fell to "
+              f"{metrics['val_robust_acc']:.3f} while FGSM accuracy is {metrics['val_fgsm_acc']:.3f}", file=sys.stderr)
+    metrics["best"] = score > trainer.best
+    if metrics["best"]:
+        trainer.best = score
+    return metrics["best"]
 
 
 def catastrophic_overfitting(history: list[dict[str, Any]], metrics: dict[str, Any]) -> bool:

@@ -77,9 +77,9 @@ class APGD(Attack):
         return lambda model, x, y: logit_loss(model(x), y)
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, objective: Objective) -> torch.Tensor:
-        return self._with_restarts(model, x, y, lambda m, xs, ys, idx: self._run(m, xs, ys, objective))
+        return self._with_restarts(model, x, y, objective)
 
-    def _with_restarts(self, model, x, y, run) -> torch.Tensor:
+    def _with_restarts(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, objective: Objective) -> torch.Tensor:
         """Attack only the samples not yet fooled, restart after restart."""
         x_adv = x.clone()
         with torch.no_grad():
@@ -88,7 +88,7 @@ class APGD(Attack):
             idx = (~fooled).nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
-            x_new, fooled_new = run(model, x[idx], y[idx], idx)
+            x_new, fooled_new = self._run(model, x[idx], y[idx], objective)
             x_adv[idx] = x_new
             fooled[idx] = fooled_new
         return x_adv
@@ -98,7 +98,11 @@ class APGD(Attack):
         return pred == y if self.targeted else pred != y
 
     def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, objective: Objective):
-        """One APGD run. Returns (adversarial images, fooled mask)."""
+        """One APGD run. Returns (adversarial images, fooled mask).
+
+        Long because it is one algorithm (Croce and Hein 2020, Algorithm 1) whose dozen
+        per-sample state tensors (step size, best point, checkpoint counters, momentum) every
+        step reads and writes; split into functions, that state would travel between them."""
         n = x.shape[0]
         shape = (-1,) + (1,) * (x.dim() - 1)
         # Checkpoint schedule: first after 22% of the steps, then shrinking by 3% of the
@@ -109,7 +113,7 @@ class APGD(Attack):
 
         step = torch.full((n,), 2.0 * self.eps, device=x.device)
         x_cur = self.random_init(x)
-        loss, grad = self._loss_grad(model, objective, x_cur, y)
+        loss, grad = self.grad_of(objective, model, x_cur, y)
         with torch.no_grad():
             fooled = self._fooled(model(x_cur), y)
         x_found = torch.where(fooled.view(shape), x_cur, x)
@@ -127,7 +131,7 @@ class APGD(Attack):
             x_next = self.project(x_cur + momentum * (z - x_cur) + (1 - momentum) * (x_cur - x_prev), x)
             x_prev, x_cur = x_cur, x_next
 
-            loss, grad = self._loss_grad(model, objective, x_cur, y)
+            loss, grad = self.grad_of(objective, model, x_cur, y)
             with torch.no_grad():
                 now_fooled = self._fooled(model(x_cur), y)
             newly = now_fooled & ~fooled
@@ -155,9 +159,6 @@ class APGD(Attack):
                 period = max(period - period_decrease, period_min)
 
         return torch.where(fooled.view(shape), x_found, x_best), fooled
-
-    def _loss_grad(self, model, objective, x_adv, y):
-        return self.grad_of(objective, model, x_adv, y)
 
 
 class APGDTargeted(APGD):

@@ -77,8 +77,7 @@ def _environment(device: torch.device, command: str) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.data import load_split
-    from training.export import load_model, write_json_atomic
+    from training.export import write_json_atomic
 
     eps, n, specs = parse_eps(args.eps), parse_n(args.n), parse_attacks(args.attacks)
     curve_specs = parse_attacks(args.curve_attacks) if args.curve_attacks else [s for s in specs if not s.third_party]
@@ -87,15 +86,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model, meta = load_model(args.model)
-    info = describe_model(args.model, meta)
-    size = (meta.get("input_size") or [3, 32, 32])[-1]
-    data = load_split(args.data, args.split, args.cache_dir, size)
-    model, execution = optimize_for_attack(model.to(device), data.images[:64].to(device).float() / 255,
-                                           args.freeze, args.channels_last)
-    _check_classes(info.get("classes"), data)
+    model, info, data, execution = _load(args, device)
     previous = _previous_report(out / "report.json", info) if args.resume else None
     command = " ".join(["clead-train", *getattr(args, "argv", sys.argv[1:])])
     header = {"model": info, "environment": {**_environment(device, command), "execution": execution}}
@@ -113,28 +104,11 @@ def run(args: argparse.Namespace) -> int:
     report = evaluate(model, data, specs, eps, n, args.batch_size, device, args.seed, progress, previous, on_update=save)
     report.update(kept)  # save() has already added the data source and split
     if not args.no_curve and curve_specs and curve_eps:
-        settings = {"eps": list(curve_eps), "n": args.curve_n, "attacks": [c.label for c in curve_specs],
-                    "seed": args.seed, "data": report["data"].get("indices_sha1")}
-        if previous and previous.get("curve") and previous.get("curve_settings") == settings:
-            report["curve"], report["curve_settings"] = previous["curve"], settings
-        else:
-            report["curve"] = robustness_curve(model, data, curve_specs, curve_eps, args.curve_n, args.batch_size,
-                                               device, args.seed, progress)
-            report["curve_settings"] = settings
-            plot_curve(report["curve"], out / "robustness_curve.png", f"{info['name']}: accuracy vs eps")
+        _add_curve(report, previous, args, model, data, curve_specs, curve_eps, device, out / "robustness_curve.png",
+                   f"{info['name']}: accuracy vs eps")
         save(report)
     if args.sanity:
-        from training.evaluation.sanity import run_sanity_checks
-
-        settings = {"eps": eps, "n": args.curve_n, "seed": args.seed, "autoattack": not args.no_sanity_autoattack}
-        if previous and previous.get("sanity") and previous.get("sanity_settings") == settings:
-            report["sanity"], report["sanity_settings"] = previous["sanity"], settings
-        else:
-            subset = data.subset(balanced_subset(data.labels, args.curve_n, args.seed))
-            x, y = subset.images.float() / 255, subset.labels
-            checks = run_sanity_checks(model, x, y, eps, device=device, batch_size=args.batch_size, seed=args.seed,
-                                       autoattack=settings["autoattack"])
-            report["sanity"], report["sanity_settings"] = [c.as_dict() for c in checks], settings
+        _add_sanity(report, previous, args, model, data, eps, device)
     save(report)
     if args.update_metadata:
         record_metrics(Path(args.model), report, header["environment"])
@@ -142,6 +116,56 @@ def run(args: argparse.Namespace) -> int:
     (out / "report.md").write_text(markdown)
     print(markdown)
     return 0
+
+
+def _load(args: argparse.Namespace, device: torch.device) -> tuple[torch.nn.Module, dict, ImageSet, dict]:
+    """The model (laid out for attacks as asked), what it says of itself, the data, and how it runs."""
+    from training.data import load_split
+    from training.export import load_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, meta = load_model(args.model)
+    info = describe_model(args.model, meta)
+    size = (meta.get("input_size") or [3, 32, 32])[-1]
+    data = load_split(args.data, args.split, args.cache_dir, size)
+    model, execution = optimize_for_attack(model.to(device), data.images[:64].to(device).float() / 255,
+                                           args.freeze, args.channels_last)
+    _check_classes(info.get("classes"), data)
+    return model, info, data, execution
+
+
+def _reused(report: dict, previous: Optional[dict], key: str, settings: dict) -> bool:
+    """Take ``key`` (the curve, the sanity checks) from the previous report when it was made
+    with the same settings (``--resume``); True if it was."""
+    if previous and previous.get(key) and previous.get(f"{key}_settings") == settings:
+        report[key], report[f"{key}_settings"] = previous[key], settings
+        return True
+    return False
+
+
+def _add_curve(report: dict, previous: Optional[dict], args: argparse.Namespace, model, data: ImageSet, specs,
+               eps_values: list[float], device: torch.device, png: Path, title: str) -> None:
+    settings = {"eps": list(eps_values), "n": args.curve_n, "attacks": [c.label for c in specs],
+                "seed": args.seed, "data": report["data"].get("indices_sha1")}
+    if not _reused(report, previous, "curve", settings):
+        report["curve"] = robustness_curve(model, data, specs, eps_values, args.curve_n, args.batch_size,
+                                           device, args.seed, not args.no_progress)
+        report["curve_settings"] = settings
+        plot_curve(report["curve"], png, title)
+
+
+def _add_sanity(report: dict, previous: Optional[dict], args: argparse.Namespace, model, data: ImageSet, eps: float,
+                device: torch.device) -> None:
+    from training.evaluation.sanity import run_sanity_checks
+
+    settings = {"eps": eps, "n": args.curve_n, "seed": args.seed, "autoattack": not args.no_sanity_autoattack}
+    if not _reused(report, previous, "sanity", settings):
+        subset = data.subset(balanced_subset(data.labels, args.curve_n, args.seed))
+        x, y = subset.images.float() / 255, subset.labels
+        checks = run_sanity_checks(model, x, y, eps, device=device, batch_size=args.batch_size, seed=args.seed,
+                                   autoattack=settings["autoattack"])
+        report["sanity"], report["sanity_settings"] = [c.as_dict() for c in checks], settings
 
 
 def _check_classes(classes: Optional[list], data: ImageSet) -> None:

@@ -31,24 +31,11 @@ class Check:
 
 
 def run_sanity_checks(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    eps: float = 8 / 255,
-    *,
-    tol: float = 0.02,
-    large_eps: float = 0.5,
-    large_eps_max_accuracy: float = 0.05,
-    pgd_steps: int = 10,
-    strong_steps: int = 50,
-    strong_restarts: int = 3,
-    square_queries: int = 1000,
-    autoattack: bool = True,
-    autoattack_steps: int = 100,
-    autoattack_queries: int = 5000,
-    batch_size: int = 256,
-    device: str | torch.device = "cpu",
-    seed: int = 0,
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = 8 / 255, *,
+    tol: float = 0.02, large_eps: float = 0.5, large_eps_max_accuracy: float = 0.05,
+    pgd_steps: int = 10, strong_steps: int = 50, strong_restarts: int = 3, square_queries: int = 1000,
+    autoattack: bool = True, autoattack_steps: int = 100, autoattack_queries: int = 5000,
+    batch_size: int = 256, device: str | torch.device = "cpu", seed: int = 0,
 ) -> list[Check]:
     """Measure every check on images ``x`` ([0, 1] floats) with labels ``y``.
 
