@@ -61,10 +61,7 @@ class APGD(Attack):
         targeted: bool = False,
     ) -> None:
         super().__init__(eps, norm, targeted)
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        if restarts < 1:
-            raise ValueError(f"restarts must be >= 1, got {restarts}")
+        self.require_positive(steps=steps, restarts=restarts)
         if loss not in ("ce", "dlr"):
             raise ValueError(f"APGD loss must be 'ce' or 'dlr', got {loss!r}")
         self.steps = int(steps)

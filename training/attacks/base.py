@@ -64,6 +64,13 @@ class Attack:
         self.norm = norm
         self.targeted = targeted
 
+    @staticmethod
+    def require_positive(**counts: int) -> None:
+        """Refuse a count below 1 (``steps``, ``restarts``, ...) with a message naming it."""
+        for name, value in counts.items():
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+
     # -- what subclasses write ------------------------------------------------------------
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, objective: Objective) -> torch.Tensor:
         raise NotImplementedError

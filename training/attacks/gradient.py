@@ -36,10 +36,7 @@ class PGD(Attack):
         targeted: bool = False,
     ) -> None:
         super().__init__(eps, norm, targeted)
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        if restarts < 1:
-            raise ValueError(f"restarts must be >= 1, got {restarts}")
+        self.require_positive(steps=steps, restarts=restarts)
         if alpha is not None and alpha <= 0:
             raise ValueError(f"alpha must be > 0, got {alpha}")
         self.alpha = float(alpha) if alpha is not None else 2.5 * self.eps / steps

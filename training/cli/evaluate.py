@@ -188,9 +188,10 @@ def _previous_report(path: Path, info: dict) -> Optional[dict]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="clead-eval", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    """``python -m training.cli.evaluate ...`` is ``clead-train eval ...``."""
+    from training.cli import main as clead_train
+
+    return clead_train(["eval", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

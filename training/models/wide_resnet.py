@@ -13,25 +13,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.models.base import ImageClassifier
+from training.models.preact_resnet import PreActBlock
 
 
-class WideBlock(nn.Module):
+class WideBlock(PreActBlock):
+    """A pre-activation block with dropout between its two convolutions (Zagoruyko and
+    Komodakis 2016); without dropout it is ``PreActBlock`` (same parameters and names)."""
+
     def __init__(self, in_planes: int, planes: int, stride: int, dropout: float) -> None:
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_planes)
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        super().__init__(in_planes, planes, stride)
         self.dropout = dropout
-        self.shortcut = None
-        if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Conv2d(in_planes, planes, 1, stride, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(x))
         shortcut = self.shortcut(out) if self.shortcut is not None else x
-        out = self.conv1(out)
-        out = F.relu(self.bn2(out))
+        out = F.relu(self.bn2(self.conv1(out)))
         if self.dropout > 0:
             out = F.dropout(out, p=self.dropout, training=self.training)
         return self.conv2(out) + shortcut

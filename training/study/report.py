@@ -262,9 +262,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.study", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    """``python -m training.study ...`` is ``clead-train report ...``."""
+    from training.cli import main as clead_train
+
+    return clead_train(["report", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

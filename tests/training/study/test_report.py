@@ -27,7 +27,7 @@ def write_run(root: Path, name: str, method: str, wall: float, val: list[tuple[f
     """A run directory: config.yaml, metrics.jsonl (one line per (val clean, val robust) epoch), summary.json."""
     run = root / "runs" / name
     run.mkdir(parents=True)
-    cfg = C.TrainConfig(method=C.MethodConfig(name=method, **method_settings), epochs=len(val), out=str(run))
+    cfg = C.TrainConfig(method=C.MethodConfig(name=method, options=method_settings), epochs=len(val), out=str(run))
     (run / "config.yaml").write_text(yaml.safe_dump(C.to_dict(cfg), sort_keys=False))
     history = [{"epoch": i + 1, "val_clean_acc": c, "val_robust_acc": r, "val_n": 500, "wall_seconds": wall * (i + 1) / len(val),
                 "best": i + 1 == best} for i, (c, r) in enumerate(val)]
@@ -147,8 +147,8 @@ def test_report_sanity_entries_and_ablations(tmp_path):
     spec = main_rows(tmp_path)
     sanity = [{"name": "eps=0 leaves accuracy unchanged", "passed": False, "values": {"clean": 0.8, "pgd_eps0": 0.7}}]
     spec["rows"][2]["eval"] = write_report(tmp_path, "eval-clead-s", 0.8, {"autoattack": 0.48}, sanity=sanity)
-    run = write_run(tmp_path, "abl-tau", "clead", 900.0, [(0.61, 0.33), (0.62, 0.31)], best=1, clead_tau=0.1,
-                    clead_loss="supcon")
+    run = write_run(tmp_path, "abl-tau", "clead", 900.0, [(0.61, 0.33), (0.62, 0.31)], best=1, tau=0.1,
+                    loss="supcon")
     spec["rows"].append({"name": "tau=0.1", "method": "clead", "run": run, "role": "ablation"})
     md, _, _ = build_study(spec, tmp_path)
     assert any("eps=0 leaves accuracy unchanged | **FAILED** | clean 80.0%, pgd_eps0 70.0%" in line for line in md.splitlines())
