@@ -14,6 +14,7 @@ from fractions import Fraction
 from typing import Any, Optional
 
 from training.data import DataConfig
+from training.flags import option
 
 
 def parse_fraction(value: str | float) -> float:
@@ -40,21 +41,27 @@ def parse_eps(value: str | float) -> float:
 
 @dataclass
 class ModelConfig:
-    name: str = "preact_resnet18"  # a registered model, see training.models.model_names()
-    width: Optional[float] = None  # channel multiplier for preact_resnet18 / tiny_cnn (1.0 = paper width)
+    name: str = option("preact_resnet18", "--model", "a registered model (training.models.model_names())")
+    width: Optional[float] = option(None, "--width", "channel multiplier of preact_resnet18 / tiny_cnn "
+                                                     "(1.0 = paper width, 0.5 half)")
 
 
 @dataclass
 class AttackConfig:
     """The inner maximisation of adversarial methods (L-inf unless ``norm`` says otherwise)."""
 
-    eps: float = 8 / 255  # radius in [0, 1] pixel units
-    steps: int = 10  # PGD steps; 1 = FGSM-RS fast adversarial training (Wong et al. 2020)
-    alpha: Optional[float] = None  # step size in pixel units; default 1.25*eps for 1 step, else 2.5*eps/steps
-    norm: str = "linf"  # "linf" or "l2"
-    mode: str = "train"  # model mode while attacking: "train" (batch stats, as Wong/Rice) or "eval"
-    kind: str = "auto"  # auto: FGSM-RS for 1 step, PGD otherwise | n-fgsm (de Jorge et al. 2022, 1 step)
-    noise: float = 2.0  # n-fgsm: noise drawn from U(-noise*eps, noise*eps), never projected back
+    eps: float = option(8 / 255, "--eps", "attack radius in [0, 1] pixel units, e.g. 8/255", parse=parse_fraction)
+    steps: int = option(10, "--attack-steps", "inner attack steps; 1 = FGSM-RS fast adversarial training "
+                                              "(Wong et al. 2020)")
+    alpha: Optional[float] = option(None, "--attack-alpha", "step size in pixel units, e.g. 2/255 (None: 1.25 eps "
+                                                            "for 1 step, eps for n-fgsm, else 2.5 eps/steps)",
+                                    parse=parse_fraction)
+    norm: str = option("linf", "--attack-norm", "linf | l2")
+    mode: str = option("train", "--attack-mode", "model mode while attacking: train (batch statistics, as "
+                                                 "Wong/Rice) | eval")
+    kind: str = option("auto", "--attack-kind", "inner attack: auto (FGSM-RS at 1 step, else PGD) | n-fgsm "
+                                                "(de Jorge et al. 2022, 1 step)")
+    noise: float = option(2.0, "--attack-noise", "n-fgsm: noise from U(-noise*eps, noise*eps), never projected back")
 
     def step_size(self) -> float:
         if self.alpha is not None:
@@ -70,21 +77,24 @@ class MethodConfig:
     validates them: ``training.methods``, e.g. ``CLEADOptions``); the config names no method.
     A YAML section may also list options beside ``name`` (``{name: trades, beta: 3}``)."""
 
-    name: str = "clead"  # a registered method: standard | pgd-at | trades | clead | clead-fixed
+    name: str = option("clead", "--method", "a registered method (training.methods.method_names())")
     options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class OptimConfig:
-    optimizer: str = "sgd"  # sgd (momentum, nesterov) | adamw
-    lr: float = 0.1  # peak learning rate
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "onecycle"  # onecycle (linear up then down, Wong et al. 2020) | cosine (with warmup)
-    warmup: float = 0.4  # fraction of all steps spent rising linearly to the peak lr (0.4 = Wong et al.)
-    label_smoothing: float = 0.0  # off by default: it can mask gradients and inflate robustness
-    ema_decay: Optional[float] = None  # per-step decay of a weight average (e.g. 0.999); None or 0 = off
-    grad_clip: Optional[float] = None  # max global grad norm, None = off
+    optimizer: str = option("sgd", "--optimizer", "sgd (momentum, nesterov) | adamw")
+    lr: float = option(0.1, "--lr", "peak learning rate")
+    momentum: float = option(0.9, "--momentum", "SGD momentum")
+    weight_decay: float = option(5e-4, "--weight-decay", "weight decay")
+    schedule: str = option("onecycle", "--schedule", "onecycle (linear up then down, Wong et al. 2020) | cosine "
+                                                     "(with warmup)")
+    warmup: float = option(0.4, "--warmup", "fraction of all steps rising linearly to the peak lr (0.4 = Wong et al.)")
+    label_smoothing: float = option(0.0, "--label-smoothing", "label smoothing (off by default: it can mask "
+                                                              "gradients and inflate robustness)")
+    ema_decay: Optional[float] = option(None, "--ema-decay", "per-step decay of a weight average, e.g. 0.999 "
+                                                             "(None or 0: off)")
+    grad_clip: Optional[float] = option(None, "--grad-clip", "max global gradient norm (None: off)")
 
 
 @dataclass
@@ -94,17 +104,19 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    epochs: int = 10
-    out: str = "runs/default"  # run directory: checkpoints, metrics.jsonl, config.yaml
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: str = "auto"  # auto (bf16 on CUDA and on CPUs with native bf16, else off) | bf16 | fp16 | off
-    channels_last: Optional[bool] = None  # None = on for CUDA
-    compile: bool = False  # torch.compile the model
-    val_n: Optional[int] = 500  # validation images attacked each epoch (None = the whole split)
-    val_attack_steps: int = 10  # PGD steps of the validation attack (at the training eps)
-    patience: Optional[int] = None  # early stop after this many epochs without a better robust val acc
-    resume: bool = False  # continue from out/last.pt
+    epochs: int = option(10, "--epochs", "number of epochs")
+    out: str = option("runs/default", "--out", "run directory: checkpoints, metrics.jsonl, config.yaml")
+    seed: int = option(0, "--seed", "random seed")
+    device: str = option("auto", "--device", "auto | cpu | cuda | cuda:N")
+    amp: str = option("auto", "--amp", "auto (bf16 on CUDA, and on CPUs with native bf16 where a timed step is "
+                                       "faster) | bf16 | fp16 | off")
+    channels_last: Optional[bool] = option(None, "--channels-last", "channels_last memory format (None: on for CUDA)")
+    compile: bool = option(False, "--compile", "torch.compile the model")
+    val_n: Optional[int] = option(500, "--val-n", "validation images attacked each epoch (None: the whole split)")
+    val_attack_steps: int = option(10, "--val-attack-steps", "PGD steps of the validation attack (at the training eps)")
+    patience: Optional[int] = option(None, "--patience", "early stop after this many epochs without a better "
+                                                         "robust validation accuracy")
+    resume: bool = option(False, "--resume", "continue the run in --out from its last.pt")
 
 
 def validate(cfg: TrainConfig) -> None:

@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from training.flags import option
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".ppm", ".tif", ".tiff")
 TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 SPLITS = ("train", "test")
@@ -56,17 +58,18 @@ DEFAULT_DATA_PATH = "../shared/data/cifar10"
 class DataConfig:
     """Where the data comes from and how batches are formed."""
 
-    data: str = DEFAULT_DATA_PATH  # dataset name ('cifar10') or a path, see module doc
-    cache_dir: Optional[str] = None  # decoded-tensor cache; default $CLEAD_CACHE or ~/.cache/clead
+    data: str = option(DEFAULT_DATA_PATH, "--data", "'cifar10' (download) or a path (see training.data)")
+    cache_dir: Optional[str] = option(None, "--cache-dir", "decoded-data cache (None: $CLEAD_CACHE or ~/.cache/clead)")
     image_size: int = 32  # images of another size are resized (bilinear) to this square size
-    val_size: int = 1000  # images held out of the train split for validation / early stopping
+    val_size: int = option(1000, "--val-size", "training images held out for validation / early stopping")
     split_seed: int = 0  # seed of the deterministic train/validation split
-    limit: Optional[int] = None  # train on the first N images of the (shuffled) train split
-    batch_size: int = 128  # per process; the global batch is batch_size * world size
+    limit: Optional[int] = option(None, "--limit", "train on the first N images of the (shuffled) train split")
+    batch_size: int = option(128, "--batch-size", "batch size per process (the global batch is this * world size)")
     eval_batch_size: int = 256  # batch size for validation and evaluation
-    augment: bool = True  # random crop (4 px zero padding) + horizontal flip
+    augment: bool = option(True, "--augment", "random crop (4 px zero padding) + horizontal flip")
     crop_padding: int = 4  # pixels of zero padding before the random crop
-    views: Optional[str] = None  # fixed adversarial views of the train split (clead-train views), for clead-fixed
+    views: Optional[str] = option(None, "--fixed-views", "clead-fixed: file of precomputed adversarial views "
+                                                         "(clead-train views)")
 
 
 @dataclass

@@ -417,4 +417,4 @@ def _epoch_line(m: dict[str, Any]) -> str:
 
 
 # The command line moved to training.cli.fit; these names still resolve here, with a warning.
-__getattr__ = _forward(__name__, "training.cli.fit", ("FLAGS", "BOOL_FLAGS", "add_arguments", "config_from_args", "run"))
+__getattr__ = _forward(__name__, "training.cli.fit", ("add_arguments", "config_from_args", "run"))

@@ -1,6 +1,6 @@
 """Per-method options: each method declares a small dataclass of its own options.
 
-A field made with :func:`option` carries its command-line flag and help text, so the
+A field made with :func:`training.flags.option` carries its command-line flag and help text, so the
 dataclass is the one place that holds an option's name, type, default and allowed values:
 ``clead-train fit`` builds its flags from it (``training.cli.fit``) and ``validate`` checks
 the values with messages that name the flag. The run config (``training.config``) keeps a
@@ -10,20 +10,12 @@ method's options as a plain mapping and knows no method by name.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Optional
+from dataclasses import dataclass
+from typing import Any
 
+from training.flags import fail, option
 
-def option(default: Any, flag: str, help: str, choices: Optional[Iterable[str]] = None,
-           check: Optional[Callable[[Any], bool]] = None, must: str = "") -> Any:
-    """A dataclass field of method options: its ``flag`` (``--tau``), ``help``, the allowed
-    ``choices``, or a ``check`` predicate with ``must`` saying what it requires (``"> 0"``)."""
-    return field(default=default, metadata={"flag": flag, "help": help, "choices": tuple(choices or ()),
-                                            "check": check, "must": must})
-
-
-def fail(flag: str, message: str) -> None:
-    raise ValueError(f"invalid option {flag}: {message}")
+__all__ = ["Options", "fail", "option"]  # the methods make their fields with option()
 
 
 @dataclass
