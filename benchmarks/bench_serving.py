@@ -2,7 +2,7 @@
 classifier (the anchor) and Triton, each started here on loopback ports and loaded with a
 bounded closed loop at several concurrencies; plus the in-process ceiling they are divided by.
 
-The ceiling is :class:`serving.handler.Predictor` (the code both of our servers run) decoding
+The ceiling is :class:`serving.predictor.Predictor` (the code both of our servers run) decoding
 and classifying the same PNGs in batches of the servers' batch size, in this process, in the
 same run. Everything served uses the shipped configuration (``ArchiveConfig`` /
 ``TritonServeConfig`` defaults); ``test_tuning`` sweeps the alternatives it was chosen from.
@@ -135,7 +135,7 @@ def test_served_full(benchmark, scale, server, images):
 @pytest.mark.parametrize("width", ["quarter", "full"])
 def test_inprocess_ceiling(benchmark, scale, artifacts, images, width):
     """Decode + preprocess + one forward per batch of 8 (the servers' batch size), in this process."""
-    from serving.handler import Predictor
+    from serving.predictor import Predictor
 
     benchmark.group = "served-ceiling"
     batch = ArchiveConfig().batch_size

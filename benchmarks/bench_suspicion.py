@@ -15,7 +15,7 @@ SHIPPED = Path(__file__).resolve().parents[1] / "models" / "cifar10"
 
 @pytest.fixture(scope="module")
 def predictor():
-    from serving.handler import Predictor
+    from serving.predictor import Predictor
 
     return Predictor.from_artifact(str(SHIPPED / "clead.pt"))
 

@@ -201,7 +201,7 @@ def anchor_section(data: dict) -> str:
         "format allow-list, byte and pixel limits before decoding, EXIF orientation, alpha handling, per-request "
         "errors, top-k from a header, and a larger answer. It also runs the model differently: it converts the "
         "TorchScript module to channels_last and freezes it at load, and its worker keeps freed memory instead "
-        "of page-faulting the activations back in every batch (`serving.handler.keep_freed_memory`); the stock "
+        "of page-faulting the activations back in every batch (`serving.predictor.keep_freed_memory`); the stock "
         "handler runs the module as loaded, with whatever malloc behaviour its process happens to get.",
         table(["concurrency", "pairs", "requests / run", "clead req/s", "stock req/s", "clead p50 ms",
                "stock p50 ms", "clead / stock", "ours faster"], rows),

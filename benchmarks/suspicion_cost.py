@@ -17,7 +17,7 @@ import time
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from serving.handler import Predictor
+    from serving.predictor import Predictor
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--artifact", default="models/cifar10/clead.pt")

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from serving.handler import Limits, RequestError, decode_image
+from serving.predictor import Limits, RequestError, decode_image
 
 ROLES = ("baseline", "hardened")
 # Where the white-box attack is computed: against one model (the other sees the same image,
@@ -126,7 +126,7 @@ def warm_up(models: dict[str, LabModel], passes: int = 3) -> None:
 def load_upload(path: str | Path, input_size: tuple[int, int, int], limits: Limits = UPLOAD_LIMITS) -> torch.Tensor:
     """An upload as the models see it: a 1xCxHxW float tensor in [0, 1].
 
-    Decoded by the servers' own ``serving.handler.decode_image`` (the same formats, byte and pixel
+    Decoded by the servers' own ``serving.predictor.decode_image`` (the same formats, byte and pixel
     limits, EXIF orientation, transparency onto white, centre crop and bicubic resize), so an
     image gives the same tensor in the demo as in TorchServe or Triton; its refusals become
     ``BadImageError`` with the server's message.

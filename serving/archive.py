@@ -18,11 +18,12 @@ from pathlib import Path
 import yaml
 
 from serving.artifact import metadata_path, verify_artifact
-from serving.handler import Limits
+from serving.predictor import Limits
 
 SERVING_DIR = Path(__file__).resolve().parent
-# What the handler imports at run time; nothing else of the package goes into the archive.
-PACKAGED_MODULES = ("__init__.py", "artifact.py", "handler.py", "handler_metrics.py", "suspicion.py")
+# What the handler (ts_handler.py) imports at run time, directly or through the predictor; nothing
+# else of the package goes into the archive (tests/serving/test_layout.py checks the list is complete).
+PACKAGED_MODULES = ("__init__.py", "artifact.py", "predictor.py", "handler_metrics.py", "suspicion.py")
 
 
 @dataclass

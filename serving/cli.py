@@ -155,7 +155,7 @@ def add_limit_args(parser: argparse.ArgumentParser) -> None:
 
 
 def limits_from(args: argparse.Namespace):
-    from serving.handler import Limits
+    from serving.predictor import Limits
 
     return Limits(max_bytes=args.max_bytes, max_pixels=args.max_pixels, bf16=args.bf16)
 

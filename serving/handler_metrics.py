@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from serving.handler import Predictor, is_error
+from serving.predictor import Predictor, is_error
 
 REQUESTS = "CleadRequests"
 ERRORS = "CleadRequestErrors"

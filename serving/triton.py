@@ -3,7 +3,7 @@
 Each model takes one input ``image`` (BYTES: the encoded file, exactly what TorchServe gets
 as a body) and an optional ``topk`` (INT32), and returns ``result`` (BYTES: the same JSON
 that TorchServe answers). Decoding, limits and batching of the forward pass are
-:class:`serving.handler.Predictor`'s, shared with the TorchServe handler.
+:class:`serving.predictor.Predictor`'s, shared with the TorchServe handler.
 
 Triton fails a whole batch when the Python callable raises, so a bad image does not raise:
 its ``result`` carries the error JSON (``code``, ``type``, ``message``) and the client turns
@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from serving.handler import Limits, Predictor, keep_freed_memory
+from serving.predictor import Limits, Predictor, keep_freed_memory
 
 logger = logging.getLogger(__name__)
 

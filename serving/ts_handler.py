@@ -1,4 +1,4 @@
-"""TorchServe handler: a thin ``BaseHandler`` subclass around :class:`serving.handler.Predictor`.
+"""TorchServe handler: a thin ``BaseHandler`` subclass around :class:`serving.predictor.Predictor`.
 
 TorchServe hands ``handle`` every request of a server-side batch at once; the predictor
 decodes each, runs one forward pass over the good ones and returns one JSON body per
@@ -19,7 +19,7 @@ from typing import Any
 from ts.torch_handler.base_handler import BaseHandler
 
 from serving.artifact import ArtifactError
-from serving.handler import (
+from serving.predictor import (
     TOPK_HEADER, TOPK_PARAM, Limits, Predictor, RequestError, dumps, is_error, keep_freed_memory,
 )
 from serving.handler_metrics import TimedPredictor, record_batch, record_failure

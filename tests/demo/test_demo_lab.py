@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from demo import lab
-from serving.handler import Limits
+from serving.predictor import Limits
 from training import CIFAR10_CLASSES
 
 TOL = 1e-6  # float32 rounding of k/255
@@ -114,7 +114,7 @@ def test_the_servers_formats_load(tmp_path, fmt):
 
 def test_an_upload_is_the_same_tensor_in_the_demo_and_the_server(photo, tmp_path):
     """One image pipeline: the demo decodes with the servers' decode_image and limits."""
-    from serving.handler import Limits as ServerLimits, decode_image
+    from serving.predictor import Limits as ServerLimits, decode_image
 
     assert lab.UPLOAD_LIMITS == ServerLimits()
     jpeg = tmp_path / "photo.jpg"

@@ -7,9 +7,9 @@ import zipfile
 
 import yaml
 
-from serving.archive import ArchiveConfig, build_archive
+from serving.archive import PACKAGED_MODULES, ArchiveConfig, build_archive
 from serving.cli import main
-from serving.handler import Limits
+from serving.predictor import Limits
 from serving.torchserve import ServerConfig, stop_instance
 
 
@@ -18,8 +18,8 @@ def test_archive_holds_everything_the_handler_needs(artifacts, tmp_path):
     mar = build_archive(artifacts["clead"], "clead", tmp_path, config=config)
     with zipfile.ZipFile(mar) as archive:
         names = set(archive.namelist())
-        assert {"clead.pt", "clead.json", "ts_handler.py", "model-config.yaml", "serving/handler.py",
-                "serving/artifact.py", "serving/__init__.py", "MAR-INF/MANIFEST.json"} <= names
+        assert {"clead.pt", "clead.json", "ts_handler.py", "model-config.yaml", "MAR-INF/MANIFEST.json"} <= names
+        assert {f"serving/{module}" for module in PACKAGED_MODULES} <= names
         model_config = yaml.safe_load(archive.read("model-config.yaml"))
         manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
     assert model_config["batchSize"] == 4 and model_config["maxBatchDelay"] == 20

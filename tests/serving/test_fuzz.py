@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from serving.handler import Limits, Predictor, is_error
+from serving.predictor import Limits, Predictor, is_error
 from tests.serving.conftest import CLASSES, encode, random_image
 from tests.serving.fuzzimages import SEEDS, bit_flipped, huge, huge_declared, spliced, truncated
 
@@ -43,7 +43,7 @@ def unforeseen():
     """Errors logged by the predictor's last-resort catch: an exception type decode_image does not
     classify. The fuzz tests demand none, so the catch-all cannot hide a decoder bug."""
     collect = Collect()
-    logger = logging.getLogger("serving.handler")
+    logger = logging.getLogger("serving.predictor")
     logger.addHandler(collect)
     yield collect.records
     logger.removeHandler(collect)
@@ -89,7 +89,7 @@ def test_a_file_cut_inside_its_header_is_a_400(seed, cut):
 
     from PIL import Image
 
-    from serving.handler import IMAGE_FORMATS, RequestError, decode_image
+    from serving.predictor import IMAGE_FORMATS, RequestError, decode_image
 
     with pytest.raises(OSError):
         Image.open(io.BytesIO(SEEDS[seed][:cut]), formats=IMAGE_FORMATS)
@@ -100,7 +100,7 @@ def test_a_file_cut_inside_its_header_is_a_400(seed, cut):
 
 @pytest.mark.parametrize("kind", ["png", "gif", "bmp", "jpeg"])
 def test_huge_declared_dimensions_are_refused_before_decoding(kind):
-    from serving.handler import RequestError, decode_image
+    from serving.predictor import RequestError, decode_image
 
     with pytest.raises(RequestError) as info:
         decode_image(huge_declared(kind, 40_000, 40_000), (3, 32, 32), Limits())
@@ -127,9 +127,9 @@ def test_bad_images_never_cost_their_batch_mates(make_handler_once, bad, rnd):
 
 def test_an_unforeseen_decoder_exception_fails_only_its_request(predictor, monkeypatch):
     """The last line of defence: even an exception type nobody listed stays that request's 400."""
-    import serving.handler as handler_module
+    import serving.predictor as predictor_module
 
-    real = handler_module.decode_image
+    real = predictor_module.decode_image
     poison = b"poison"
 
     def decode(data, size, limits):
@@ -137,7 +137,7 @@ def test_an_unforeseen_decoder_exception_fails_only_its_request(predictor, monke
             raise RuntimeError("a decoder bug")
         return real(data, size, limits)
 
-    monkeypatch.setattr(handler_module, "decode_image", decode)
+    monkeypatch.setattr(predictor_module, "decode_image", decode)
     good = encode(random_image(), "PNG")
     out = predictor.predict([{"body": good}, {"body": poison}, {"body": good}])
     assert [r.get("code", 200) for r in out] == [200, 400, 200]

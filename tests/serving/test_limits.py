@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from serving.front import FrontConfig, FrontServer
-from serving.handler import Limits, Predictor, RequestError, decode_image, extract_image, is_error, parse_topk
+from serving.predictor import Limits, Predictor, RequestError, decode_image, extract_image, is_error, parse_topk
 from tests.serving.conftest import CLASSES, encode, random_image
 from tests.serving.fuzzimages import huge_declared
 

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from serving.handler import Predictor
+from serving.predictor import Predictor
 from serving.triton import _image_bytes, make_infer_fn
 from tests.serving.conftest import encode, random_image
 

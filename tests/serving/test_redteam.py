@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from serving.cli import main as cli_main
-from serving.handler import Predictor
+from serving.predictor import Predictor
 from serving.redteam import (RedteamConfig, RemoteClassifier, check_url, format_table, png_bytes, roc_auc,
                              run_redteam, to_uint8, write_report)
 
@@ -56,7 +56,7 @@ class InProcessEngine:
 
 
 def test_png_round_trip_is_exact():
-    from serving.handler import Limits, decode_image
+    from serving.predictor import Limits, decode_image
 
     x = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
     assert torch.equal(to_uint8(decode_image(png_bytes(x), (3, 32, 32), Limits())), x)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from serving.handler import Predictor, RequestError, parse_topk
+from serving.predictor import Predictor, RequestError, parse_topk
 from serving.handler_metrics import record_batch
 from tests.serving.conftest import CLASSES, encode, random_image
 
@@ -78,7 +78,7 @@ def test_response_carries_a_deterministic_suspicion(predictor):
 def test_score_matches_the_unfrozen_artifact(scored, predictor):
     """Freezing for CPU must keep the method and its numbers (it is what the server runs)."""
     from serving.artifact import load_artifact
-    from serving.handler import decode_image
+    from serving.predictor import decode_image
 
     module, _ = load_artifact(scored)
     images = pngs(4)
@@ -156,8 +156,9 @@ def test_archive_carries_every_serving_module_the_handler_imports(scored, tmp_pa
     root = tmp_path / "unpacked"
     with zipfile.ZipFile(mar) as archive:
         archive.extractall(root)
-    code = ("import serving, serving.handler, serving.suspicion; "
+    # ts_handler is the archive's --handler, at its root; it imports the rest of what is packed.
+    code = ("import serving, serving.predictor, serving.suspicion, serving.handler_metrics, ts_handler; "
             "assert serving.__file__.startswith(%r), serving.__file__; "
-            "p = serving.handler.Predictor.from_artifact('clead.pt'); assert p.suspicion is not None" % str(root))
+            "p = serving.predictor.Predictor.from_artifact('clead.pt'); assert p.suspicion is not None" % str(root))
     done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

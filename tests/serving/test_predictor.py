@@ -1,4 +1,5 @@
-"""Handler and preprocessing without a server: formats, modes, EXIF, limits, bad input, batching."""
+"""The predictor (and the TorchServe handler around it) without a server: formats, modes, EXIF, limits,
+bad input, batching."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import torch
 from PIL import Image
 
 from serving.artifact import ArtifactError, load_artifact
-from serving.handler import Limits, Predictor, RequestError, decode_image, is_error, parse_topk, select_device
+from serving.predictor import Limits, Predictor, RequestError, decode_image, is_error, parse_topk, select_device
 from tests.serving.conftest import CLASSES, encode, export_tiny, random_image
 
 SIZE = (3, 32, 32)
@@ -170,7 +171,7 @@ def test_form_encoded_body_gets_an_actionable_error(make_handler, png):
 def test_base64_instances_as_kserve_envelope_hands_them_over(png):
     import base64
 
-    from serving.handler import extract_image
+    from serving.predictor import extract_image
 
     text = base64.b64encode(png).decode()
     assert extract_image({"data": text}) == png
@@ -215,7 +216,7 @@ def test_keep_freed_memory_sets_glibc_thresholds():
     """Process-wide, so in a child process; the TorchServe and Triton server processes call it."""
     import platform
 
-    code = "from serving.handler import keep_freed_memory; print(keep_freed_memory())"
+    code = "from serving.predictor import keep_freed_memory; print(keep_freed_memory())"
     out = subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, capture_output=True, text=True)
     assert out.stdout.strip() == str(platform.libc_ver()[0] == "glibc")
 
@@ -272,7 +273,7 @@ def test_class_count_mismatch_fails_at_load(tmp_path):
 
 
 def test_serving_never_imports_training():
-    code = ("import sys, serving.handler, serving.artifact, serving.archive, serving.torchserve, "
+    code = ("import sys, serving.predictor, serving.artifact, serving.archive, serving.torchserve, "
             "serving.client, serving.cli, serving.tritonenv, serving.ts_handler; "
             "bad = [m for m in sys.modules if m == 'training' or m.startswith('training.')]; "
             "assert not bad, bad")
