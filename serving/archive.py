@@ -23,7 +23,7 @@ from serving.predictor import Limits
 SERVING_DIR = Path(__file__).resolve().parent
 # What the handler (ts_handler.py) imports at run time, directly or through the predictor; nothing
 # else of the package goes into the archive (tests/serving/test_layout.py checks the list is complete).
-PACKAGED_MODULES = ("__init__.py", "artifact.py", "predictor.py", "handler_metrics.py", "suspicion.py")
+PACKAGED_MODULES = ("__init__.py", "artifact.py", "errors.py", "predictor.py", "handler_metrics.py", "suspicion.py")
 
 
 @dataclass

@@ -47,6 +47,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterator
 from urllib.parse import urlsplit
 
+from serving.errors import error_type
+
 FORM = "application/x-www-form-urlencoded"
 # The paths TorchServe routes to ``predict`` -> ``parseRequest``, where the form decoding happens.
 PREDICTION_PATH = re.compile(
@@ -60,8 +62,6 @@ SNIFF_BYTES = 32  # enough for every signature below
 CHUNK = 64 * 1024
 # DIB header sizes of the BMP variants Pillow reads (core, OS/2 v2 short/long, info, v2-v5).
 BMP_INFO_SIZES = frozenset({12, 16, 40, 52, 56, 64, 108, 124})
-ERROR_TYPES = {400: "BadRequest", 408: "RequestTimeout", 413: "PayloadTooLarge", 415: "UnsupportedMediaType",
-               502: "BadGateway", 503: "ServiceUnavailable", 504: "GatewayTimeout"}
 # TorchServe's answers for a prediction it could not run: 503 while the model has no worker
 # (one is restarting), 507 for the jobs of a worker that died mid-batch. Both are retried.
 RETRY_STATUSES = frozenset({503, 507})
@@ -444,7 +444,7 @@ class FrontHandler(BaseHTTPRequestHandler):
 
     def answer_error(self, refused: Refused) -> None:
         match = MODEL_IN_PATH.match(self.path or "")
-        body = json.dumps({"code": refused.code, "type": ERROR_TYPES.get(refused.code, "Error"),
+        body = json.dumps({"code": refused.code, "type": error_type(refused.code),
                            "message": refused.message, "model": match.group(1) if match else None}).encode()
         if refused.close:
             self.close_connection = True
@@ -549,7 +549,7 @@ class FrontServer(ThreadingHTTPServer):
 
     def refuse_connection(self, sock: socket.socket) -> None:
         """A fast 503 on the accepting thread (no handler thread, nothing read), then close."""
-        body = json.dumps({"code": 503, "type": "ServiceUnavailable", "model": None,
+        body = json.dumps({"code": 503, "type": error_type(503), "model": None,
                            "message": f"too many connections (max {self.config.max_connections}); retry later"})
         head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(body)}\r\nRetry-After: {self.config.retry_after_s}\r\n"

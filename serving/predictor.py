@@ -31,6 +31,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from serving.artifact import ArtifactError, load_artifact
+from serving.errors import error_type
 from serving.suspicion import SUSPICION_METHOD, SuspicionScorer
 
 __all__ = [
@@ -74,15 +75,13 @@ class Limits:
 class RequestError(Exception):
     """A bad request: answered with ``code`` and a JSON error body, never kills the worker."""
 
-    TYPES = {400: "BadRequest", 413: "PayloadTooLarge", 415: "UnsupportedMediaType"}
-
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
 
     def to_json(self, model: str) -> dict[str, Any]:
-        return {"code": self.code, "type": self.TYPES.get(self.code, "Error"), "message": self.message, "model": model}
+        return {"code": self.code, "type": error_type(self.code), "message": self.message, "model": model}
 
 
 def is_error(response: Mapping[str, Any]) -> bool:
