@@ -12,18 +12,19 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from serving.artifact import metadata_path, verify_artifact
-from serving.predictor import Limits
+from serving.settings import Limits, RunOptions, handler_section
 
 SERVING_DIR = Path(__file__).resolve().parent
 # What the handler (ts_handler.py) imports at run time, directly or through the predictor; nothing
 # else of the package goes into the archive (tests/serving/test_layout.py checks the list is complete).
-PACKAGED_MODULES = ("__init__.py", "artifact.py", "errors.py", "predictor.py", "handler_metrics.py", "suspicion.py")
+PACKAGED_MODULES = ("__init__.py", "artifact.py", "errors.py", "predictor.py", "handler_metrics.py", "settings.py",
+                    "suspicion.py")
 
 
 @dataclass
@@ -38,7 +39,8 @@ class ArchiveConfig:
     max_batch_delay_ms: int = 2
     workers: int = 1  # worker processes per model (each loads its own copy)
     response_timeout_s: int = 120  # a worker that takes longer is restarted
-    limits: Limits = field(default_factory=Limits)
+    limits: Limits = field(default_factory=Limits)  # written to model-config.yaml's handler: section
+    options: RunOptions = field(default_factory=RunOptions)  # ... and so are these
     # The archive's --handler: ours, or another file / stock handler name (the benchmarks
     # serve the same artifact with TorchServe's stock image classifier as an anchor).
     handler: str = str(SERVING_DIR / "ts_handler.py")
@@ -50,7 +52,7 @@ class ArchiveConfig:
             "batchSize": self.batch_size,
             "maxBatchDelay": self.max_batch_delay_ms,
             "responseTimeout": self.response_timeout_s,
-            "handler": asdict(self.limits),
+            "handler": handler_section(self.limits, self.options),
         }
 
 

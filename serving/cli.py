@@ -17,6 +17,9 @@ import signal
 import sys
 from pathlib import Path
 
+# Torch-free: the flags' defaults come from the dataclasses themselves without slowing every command.
+from serving.settings import Limits, RunOptions
+
 DEFAULT_MODELS_DIR = Path("models/cifar10")
 SHIPPED = ("clead", "baseline")
 DEFAULT_WORKDIR = Path("runs/serve")
@@ -149,22 +152,25 @@ def add_archive_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_limit_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--max-bytes", type=int, default=10 * 1024 * 1024, help="largest image file accepted")
-    parser.add_argument("--max-pixels", type=int, default=25_000_000, help="largest width*height accepted")
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast on CUDA")
+    """The predictor's flags: two of its Limits and one of its RunOptions (serving/settings.py)."""
+    parser.add_argument("--max-bytes", type=int, default=Limits.max_bytes, help="largest image file accepted")
+    parser.add_argument("--max-pixels", type=int, default=Limits.max_pixels, help="largest width*height accepted")
+    parser.add_argument("--bf16", action="store_true", default=RunOptions.bf16, help="bf16 autocast on CUDA")
 
 
-def limits_from(args: argparse.Namespace):
-    from serving.predictor import Limits
+def limits_from(args: argparse.Namespace) -> Limits:
+    return Limits(max_bytes=args.max_bytes, max_pixels=args.max_pixels)
 
-    return Limits(max_bytes=args.max_bytes, max_pixels=args.max_pixels, bf16=args.bf16)
+
+def options_from(args: argparse.Namespace) -> RunOptions:
+    return RunOptions(bf16=args.bf16)
 
 
 def archive_config_from(args: argparse.Namespace):
     from serving.archive import ArchiveConfig
 
     return ArchiveConfig(batch_size=args.batch_size, max_batch_delay_ms=args.max_batch_delay_ms,
-                         workers=args.workers, limits=limits_from(args))
+                         workers=args.workers, limits=limits_from(args), options=options_from(args))
 
 
 def resolve_models(args: argparse.Namespace) -> dict[str, Path]:
@@ -296,6 +302,7 @@ def cmd_triton(args: argparse.Namespace, argv: list[str]) -> int:
     config = TritonServeConfig(
         host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
         max_batch_size=args.max_batch_size, max_queue_delay_us=args.max_queue_delay_us, limits=limits_from(args),
+        options=options_from(args),
     )
 
     def ready() -> None:

@@ -23,7 +23,6 @@ import logging
 import math
 import struct
 import warnings
-from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -32,12 +31,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from serving.artifact import ArtifactError, load_artifact
 from serving.errors import error_type
+from serving.settings import Limits, RunOptions
 from serving.suspicion import SUSPICION_METHOD, SuspicionScorer
 
 __all__ = [
     "IMAGE_FIELDS", "IMAGE_FORMATS", "MALFORMED", "TOPK_ALL", "TOPK_HEADER", "TOPK_PARAM",
-    "Limits", "Predictor", "RequestError", "as_bytes", "decode_image", "dumps", "extract_image", "is_error",
-    "keep_freed_memory", "optimize_for_cpu", "parse_topk", "select_device", "to_rgb",
+    "Limits", "Predictor", "RequestError", "RunOptions",
+    "as_bytes", "decode_image", "dumps", "extract_image", "is_error", "keep_freed_memory", "optimize_for_cpu",
+    "parse_topk", "select_device", "to_rgb",
 ]
 
 logger = logging.getLogger(__name__)
@@ -55,21 +56,6 @@ TOPK_HEADER = "x-topk"  # request header, case-insensitive
 MALFORMED = (OSError, SyntaxError, ValueError, TypeError, struct.error, EOFError, IndexError, KeyError,
              ZeroDivisionError, AttributeError)
 TOPK_ALL = "all"  # topk value asking for every class, plus the full-precision probability vector
-
-
-@dataclass
-class Limits:
-    """The handler's settings (``handler:`` in model-config.yaml): per-request limits and how the
-    model runs. The server's own request-size limit should equal ``max_bytes``."""
-
-    max_bytes: int = 10 * 1024 * 1024  # encoded image size, bytes
-    max_pixels: int = 25_000_000  # width * height of the encoded image, checked before decoding
-    default_topk: int = 5  # labels returned when the request does not ask
-    bf16: bool = False  # bf16 autocast on CUDA (never on CPU); off keeps results bit-comparable
-    # TorchScript on CPU: channels_last weights and inputs, and torch.jit.freeze, at load. Logits
-    # agree to ~1e-8; measured 12-18% less forward time at batch 1-8 for the quarter-width model
-    # on a 2-core CPU, 1-9% at full width (see optimize_for_cpu).
-    optimize: bool = True
 
 
 class RequestError(Exception):
@@ -277,11 +263,13 @@ class Predictor:
         name: str | None = None,
         version: str | None = None,
         limits: Limits | None = None,
+        options: RunOptions | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.limits = limits or Limits()
+        self.options = options or RunOptions()
         self.module, self.memory_format = (
-            optimize_for_cpu(module, self.device) if self.limits.optimize else (module, torch.contiguous_format)
+            optimize_for_cpu(module, self.device) if self.options.optimize else (module, torch.contiguous_format)
         )
         self.metadata = dict(metadata)
         self.classes = [str(c) for c in metadata["classes"]]
@@ -295,11 +283,11 @@ class Predictor:
     @classmethod
     def from_artifact(
         cls, artifact: str, gpu_id: int | None = None, name: str | None = None,
-        version: str | None = None, limits: Limits | None = None,
+        version: str | None = None, limits: Limits | None = None, options: RunOptions | None = None,
     ) -> "Predictor":
         device = select_device(gpu_id)
         module, meta = load_artifact(artifact, device=device)
-        return cls(module, meta, device, name=name, version=version, limits=limits)
+        return cls(module, meta, device, name=name, version=version, limits=limits, options=options)
 
     def _check_output(self) -> None:
         """Warm-up pass: catches a class-count mismatch at load time, not at the first request."""
@@ -313,7 +301,7 @@ class Predictor:
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         """One forward pass, no autograd; bf16 autocast only on CUDA and only when enabled."""
         batch = batch.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-        use_bf16 = self.limits.bf16 and self.device.type == "cuda"
+        use_bf16 = self.options.bf16 and self.device.type == "cuda"
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
             logits = self.module(batch)
         return logits.float().cpu()

@@ -26,7 +26,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from serving.predictor import Limits, Predictor, keep_freed_memory
+from serving.predictor import Predictor, keep_freed_memory
+from serving.settings import Limits, RunOptions
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class TritonServeConfig:
     max_queue_delay_us: int = 2_000
     gpu_id: int | None = 0  # used only when CUDA is available
     limits: Limits = field(default_factory=Limits)
+    options: RunOptions = field(default_factory=RunOptions)
 
 
 def make_infer_fn(predictor: Predictor) -> Callable[[list], list[dict[str, np.ndarray]]]:
@@ -105,7 +107,8 @@ def serve(models: dict[str, str | Path], config: TritonServeConfig | None = None
     _ensure_libpython_path()
     keep_freed_memory()  # this process runs every model's forward passes (see the function)
     predictors = {
-        name: Predictor.from_artifact(str(path), gpu_id=config.gpu_id, name=name, limits=config.limits)
+        name: Predictor.from_artifact(str(path), gpu_id=config.gpu_id, name=name, limits=config.limits,
+                                     options=config.options)
         for name, path in models.items()
     }
     stop = threading.Event()
@@ -185,7 +188,7 @@ class TritonProcess:
                "--max-bytes", str(c.limits.max_bytes), "--max-pixels", str(c.limits.max_pixels)]
         for name, path in self.models.items():
             cmd += ["--model", f"{name}={path.resolve()}"]
-        return cmd + (["--bf16"] if c.limits.bf16 else [])
+        return cmd + (["--bf16"] if c.options.bf16 else [])
 
     def start(self) -> "TritonProcess":
         import subprocess

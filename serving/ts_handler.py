@@ -19,10 +19,9 @@ from typing import Any
 from ts.torch_handler.base_handler import BaseHandler
 
 from serving.artifact import ArtifactError
-from serving.predictor import (
-    TOPK_HEADER, TOPK_PARAM, Limits, Predictor, RequestError, dumps, is_error, keep_freed_memory,
-)
 from serving.handler_metrics import TimedPredictor, record_batch, record_failure
+from serving.predictor import TOPK_HEADER, TOPK_PARAM, Predictor, RequestError, dumps, is_error, keep_freed_memory
+from serving.settings import from_handler_section
 
 logger = logging.getLogger(__name__)
 
@@ -39,21 +38,21 @@ class CleadHandler(BaseHandler):
         model_info = manifest.get("model", {})
         serialized = model_info.get("serializedFile")
         artifact = model_dir / serialized if serialized else self._find_artifact(model_dir)
-        config = (getattr(context, "model_yaml_config", None) or {}).get("handler", {}) or {}
-        limits = Limits(**{k: v for k, v in config.items() if k in Limits.__dataclass_fields__})
+        limits, options = from_handler_section((getattr(context, "model_yaml_config", None) or {}).get("handler"))
         self.predictor: Predictor = TimedPredictor.from_artifact(
             str(artifact),
             gpu_id=props.get("gpu_id"),
             name=getattr(context, "model_name", None) or model_info.get("modelName"),
             version=model_info.get("modelVersion"),
             limits=limits,
+            options=options,
         )
         self.device = self.predictor.device
         self.model = self.predictor.module
         self.context = context
         self.initialized = True
-        logger.info("clead handler ready: %s on %s, limits %s, freed memory kept: %s", artifact.name, self.device,
-                    limits, kept)
+        logger.info("clead handler ready: %s on %s, limits %s, options %s, freed memory kept: %s", artifact.name,
+                    self.device, limits, options, kept)
 
     @staticmethod
     def _find_artifact(model_dir: Path) -> Path:

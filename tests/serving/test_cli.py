@@ -8,8 +8,8 @@ import zipfile
 import yaml
 
 from serving.archive import PACKAGED_MODULES, ArchiveConfig, build_archive
-from serving.cli import main
-from serving.predictor import Limits
+from serving.cli import archive_config_from, build_parser, limits_from, main, options_from
+from serving.settings import Limits, RunOptions, from_handler_section
 from serving.torchserve import ServerConfig, stop_instance
 
 
@@ -26,6 +26,25 @@ def test_archive_holds_everything_the_handler_needs(artifacts, tmp_path):
     assert model_config["minWorkers"] == model_config["maxWorkers"] == 2
     assert model_config["handler"]["max_pixels"] == 1000
     assert manifest["model"]["serializedFile"] == "clead.pt" and manifest["model"]["modelVersion"] == "1"
+
+
+def test_model_config_handler_section_holds_limits_and_run_options():
+    section = ArchiveConfig(limits=Limits(max_pixels=1000), options=RunOptions(bf16=True)).model_config()["handler"]
+    # One flat section, in the order TorchServe users have seen it, read back by the handler.
+    assert list(section) == ["max_bytes", "max_pixels", "default_topk", "bf16", "optimize"]
+    assert from_handler_section(section) == (Limits(max_pixels=1000), RunOptions(bf16=True))
+    assert from_handler_section({"bf16": True, "unknown": 1}) == (Limits(), RunOptions(bf16=True))
+    assert from_handler_section(None) == (Limits(), RunOptions())
+
+
+def test_flags_default_to_the_dataclasses():
+    """clead-serve's predictor flags repeat no default: unset, they give the dataclasses' own."""
+    for argv in (["archive", "m.pt", "--name", "m"], ["triton"], ["up"]):
+        args = build_parser().parse_args(argv)
+        assert limits_from(args) == Limits() and options_from(args) == RunOptions()
+    assert archive_config_from(build_parser().parse_args(["archive", "m.pt", "--name", "m"])) == ArchiveConfig()
+    args = build_parser().parse_args(["up", "--max-bytes", "5", "--bf16"])
+    assert archive_config_from(args).limits.max_bytes == 5 and archive_config_from(args).options.bf16
 
 
 def test_archive_cli_refuses_a_tampered_artifact(artifacts, tmp_path, capsys):

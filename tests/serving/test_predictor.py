@@ -17,7 +17,9 @@ import torch
 from PIL import Image
 
 from serving.artifact import ArtifactError, load_artifact
-from serving.predictor import Limits, Predictor, RequestError, decode_image, is_error, parse_topk, select_device
+from serving.predictor import (
+    Limits, Predictor, RequestError, RunOptions, decode_image, is_error, parse_topk, select_device,
+)
 from tests.serving.conftest import CLASSES, encode, export_tiny, random_image
 
 SIZE = (3, 32, 32)
@@ -205,7 +207,7 @@ def test_handler_matches_direct_model_output(make_handler, artifacts, png):
 def test_optimized_module_answers_like_the_artifact(artifacts):
     """channels_last + freezing (the CPU default for TorchScript) must not change an answer."""
     requests = [{"body": encode(random_image(40, 30, seed=s), "PNG")} for s in range(5)]
-    plain = Predictor.from_artifact(str(artifacts["clead"]), limits=Limits(optimize=False))
+    plain = Predictor.from_artifact(str(artifacts["clead"]), options=RunOptions(optimize=False))
     fast = Predictor.from_artifact(str(artifacts["clead"]))
     assert isinstance(fast.module, torch.jit.ScriptModule) and fast.module is not plain.module
     for a, b in zip(plain.predict(requests), fast.predict(requests)):
