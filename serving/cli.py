@@ -347,7 +347,8 @@ def cmd_predict(args: argparse.Namespace, argv: list[str]) -> int:
 def cmd_redteam(args: argparse.Namespace, argv: list[str]) -> int:
     import shlex
 
-    from serving.redteam import HTTPEngine, RedteamConfig, check_url, format_table, load_test_images, run_redteam, write_report
+    from serving.redteam import (HTTPEngine, RedteamConfig, check_url, format_table, load_test_images, model_classes,
+                                 run_redteam, write_report)
 
     num, sep, den = args.eps.partition("/")
     eps = float(num) / float(den) if sep else float(num)
@@ -357,10 +358,11 @@ def cmd_redteam(args: argparse.Namespace, argv: list[str]) -> int:
                            whitebox_steps=args.whitebox_steps, p_init=args.p_init)
     check_url(config.url, config.allow_remote)  # before loading anything
     artifact = args.artifact or args.models_dir / f"{args.model}.pt"
+    classes = model_classes(artifact)  # the labels' order; the server does not list its classes
     if not artifact.is_file():
         print(f"no local artifact {artifact}: skipping the white-box comparison", file=sys.stderr)
         artifact = None
-    clean, labels, _ = load_test_images(args.data, config.n, config.seed)
+    clean, labels, _ = load_test_images(args.data, config.n, config.seed, classes)
     key_file = args.key_file if args.key_file and args.key_file.is_file() else None
     engine = HTTPEngine(config.url, config.model, key=args.key, key_file=key_file, timeout=config.timeout)
     report = run_redteam(config, engine, clean, labels, artifact)

@@ -39,10 +39,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from serving.artifact import metadata_path, read_metadata
 from serving.rays import rays_attack
 
 ATTACKS = ("square", "rays")
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 class BudgetExceeded(RuntimeError):
@@ -95,11 +95,23 @@ def png_bytes(image: torch.Tensor) -> bytes:
     return buf.getvalue()
 
 
-def load_test_images(data_root: str | Path, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def model_classes(artifact: str | Path) -> list[str] | None:
+    """The served model's class names, in its output order, from the metadata beside ``artifact``
+    (the file the server's archive was built from); None when there is no such file."""
+    if not metadata_path(artifact).is_file():
+        return None
+    return [str(c) for c in read_metadata(artifact)["classes"]]
+
+
+def load_test_images(data_root: str | Path, n: int, seed: int = 0, classes: Sequence[str] | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """``n`` seeded-random CIFAR-10 test images from ``test.tar.gz``: (uint8 NCHW, labels, member names).
 
     A reader of its own because serving must not import ``training.data``; same archive layout
-    (``cifar10/test/<class>/<file>.jpg``) and label order (the class list, alphabetical).
+    (``cifar10/test/<class>/<file>.jpg``). A label is the index of the image's class folder in
+    ``classes``, the model's class list (:func:`model_classes`). Without one (no local metadata:
+    the server answers with labels but never lists its classes in order), the archive's class
+    folders in sorted order, which is how ``training.data`` numbers them for every model it trains.
     """
     path = Path(data_root) / "test.tar.gz"
     if not path.is_file():
@@ -109,11 +121,16 @@ def load_test_images(data_root: str | Path, n: int, seed: int = 0) -> tuple[torc
         names = sorted(members)
         order = np.random.default_rng(seed).permutation(len(names))[:n]
         chosen = sorted(names[i] for i in order)
+        index = {c: i for i, c in enumerate(classes if classes is not None
+                                             else sorted({Path(name).parent.name for name in names}))}
         images, labels = [], []
         for name in chosen:
+            folder = Path(name).parent.name
+            if folder not in index:
+                raise ValueError(f"{path}: class folder {folder!r} is not one of the model's classes {list(index)}")
             data = tar.extractfile(members[name]).read()
             images.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.uint8))
-            labels.append(CIFAR10_CLASSES.index(Path(name).parent.name))
+            labels.append(index[folder])
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
     return x, torch.tensor(labels), chosen
 

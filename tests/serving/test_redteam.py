@@ -13,8 +13,8 @@ import torch
 
 from serving.cli import main as cli_main
 from serving.predictor import Predictor
-from serving.redteam import (RedteamConfig, RemoteClassifier, check_url, format_table, png_bytes, roc_auc,
-                             run_redteam, to_uint8, write_report)
+from serving.redteam import (RedteamConfig, RemoteClassifier, check_url, format_table, load_test_images,
+                             model_classes, png_bytes, roc_auc, run_redteam, to_uint8, write_report)
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "models" / "cifar10"
@@ -43,6 +43,62 @@ def test_roc_auc():
     assert roc_auc([3, 4], [0, 1, 2]) == 0.0
     assert roc_auc([1, 1], [1, 1]) == 0.5
     assert roc_auc([], [1]) is None
+
+
+def cifar_like_archive(root: Path, classes: tuple[str, ...], per_class: int = 2) -> Path:
+    """A test.tar.gz laid out as the shared CIFAR-10's: cifar10/test/<class>/<n>.png."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    with tarfile.open(root / "test.tar.gz", "w:gz") as tar:
+        for c, name in enumerate(classes):
+            for i in range(per_class):
+                buf = io.BytesIO()
+                Image.new("RGB", (32, 32), (c * 20, i, 0)).save(buf, format="PNG")
+                info = tarfile.TarInfo(f"cifar10/test/{name}/{i:04d}.png")
+                info.size = len(buf.getvalue())
+                tar.addfile(info, io.BytesIO(buf.getvalue()))
+    return root
+
+
+def test_labels_follow_the_models_class_order(tmp_path):
+    root = cifar_like_archive(tmp_path, ("cat", "dog", "ship"))
+    x, labels, names = load_test_images(root, 6, classes=["ship", "cat", "dog"])
+    assert x.shape == (6, 3, 32, 32) and x.dtype == torch.uint8
+    order = {"ship": 0, "cat": 1, "dog": 2}
+    assert labels.tolist() == [order[Path(n).parent.name] for n in names]
+    # Red in the pixels says which folder an image came from (c * 20 in the archive's order).
+    assert [int(img[0, 0, 0]) // 20 for img in x] == [("cat", "dog", "ship").index(Path(n).parent.name) for n in names]
+
+
+def test_without_metadata_labels_are_the_sorted_class_folders(tmp_path):
+    root = cifar_like_archive(tmp_path, ("truck", "airplane", "cat"))
+    _, labels, names = load_test_images(root, 6)
+    assert labels.tolist() == [["airplane", "cat", "truck"].index(Path(n).parent.name) for n in names]
+
+
+def test_a_class_the_model_lacks_is_refused(tmp_path):
+    root = cifar_like_archive(tmp_path, ("cat", "dog"))
+    with pytest.raises(ValueError, match="'dog' is not one of the model's classes"):
+        load_test_images(root, 4, classes=["cat", "bird"])
+
+
+def test_model_classes_come_from_the_artifact_metadata(artifacts, tmp_path):
+    meta = json.loads(artifacts["clead"].with_suffix(".json").read_text())
+    assert model_classes(artifacts["clead"]) == meta["classes"]
+    assert model_classes(tmp_path / "absent.pt") is None
+
+
+@pytest.mark.cifar
+def test_shipped_metadata_and_the_shared_archive_agree(cifar_root):
+    """The shipped models' class order is the one the fallback (sorted folders) gives."""
+    if not (SHIPPED / "clead.json").is_file():
+        pytest.skip("no shipped models")
+    _, by_metadata, names = load_test_images(cifar_root, 50, seed=3, classes=model_classes(SHIPPED / "clead.pt"))
+    _, by_folders, same = load_test_images(cifar_root, 50, seed=3)
+    assert names == same and torch.equal(by_metadata, by_folders)
 
 
 class InProcessEngine:
