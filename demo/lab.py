@@ -174,10 +174,18 @@ def upscale(array: np.ndarray, size: int = 256) -> Image.Image:
 
 
 def eps_label(eps: float) -> str:
-    """8/255 rather than 0.0314: how robustness papers and the UI state budgets."""
+    """8/255 rather than 0.0314: how robustness papers and the UI state budgets (training's ``fmt_eps``).
+
+    Two things are the demo's own: a measured L-inf distance is put back on the 8-bit grid first
+    (float32 differences of 8-bit pixels are off by ~1e-5 in units of 1/255, more than ``fmt_eps``
+    treats as a round number of 255ths), and zero is shown as 0/255 beside the other budgets.
+    """
+    from training.evaluation import fmt_eps
+
     k = eps * 255
-    # 1e-3: float32 differences of 8-bit pixels are off by ~1e-5 in units of 1/255.
-    return f"{round(k)}/255" if abs(k - round(k)) < 1e-3 else f"{k:.2f}/255"
+    if abs(k - round(k)) < 1e-3:
+        eps = round(k) / 255
+    return fmt_eps(eps) if eps else "0/255"
 
 
 # -- predictions ------------------------------------------------------------------------------

@@ -138,8 +138,15 @@ def test_perturbation_image_maps_eps_to_full_range():
 
 
 def test_eps_label():
+    from training.evaluation import fmt_eps
+
     assert lab.eps_label(8 / 255) == "8/255"
     assert lab.eps_label(0.0) == "0/255"
+    # A measured L-inf distance carries float32 noise; it still reads as k/255, for every k.
+    white = torch.tensor(1.0)  # float32 pixels, as the attacks produce them
+    for k in range(256):
+        assert lab.eps_label(float(white - torch.tensor((255 - k) / 255))) == f"{k}/255"
+    assert lab.eps_label(0.5 / 255) == fmt_eps(0.5 / 255) == "0.5/255"  # off the grid: as training reports it
 
 
 def test_server_mode_says_where_predictions_and_attack_run(models):
