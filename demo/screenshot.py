@@ -64,15 +64,21 @@ def start_app(baseline: Path, hardened: Path, port: int, data: Optional[Path] = 
     raise TimeoutError(f"demo did not answer on port {port} within {timeout:.0f} s")
 
 
+def stop_process(proc: subprocess.Popen, timeout_s: float = 10.0) -> None:
+    """SIGTERM ``proc`` if it still runs, then SIGKILL it if it has not exited within ``timeout_s``."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
 def stop_app(proc: subprocess.Popen) -> str:
     """Stop the app process; returns what it printed."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+    stop_process(proc)
     return app_output(proc)
 
 

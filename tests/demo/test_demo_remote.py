@@ -26,6 +26,7 @@ from PIL import Image
 
 from demo import lab
 from demo.remote import RemoteError, RemotePredictor, parse_topk
+from demo.screenshot import stop_process
 
 
 @pytest.fixture(scope="module")
@@ -217,9 +218,20 @@ def first_stderr_line_with(cmd: list[str], needles: tuple[str, ...], timeout_s: 
         assert found.wait(timeout_s), "".join(seen[-30:])
         return next(line for line in seen if any(n in line for n in needles))
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc, timeout_s=30)
+
+
+def test_stop_process_terminates_then_kills():
+    import signal
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    stop_process(sleeper)
+    assert sleeper.returncode == -signal.SIGTERM
+    stubborn = subprocess.Popen([sys.executable, "-c", "import signal, sys, time\n"
+                                 "signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True)\n"
+                                 "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    assert stubborn.stdout.readline() == "ready\n"  # SIGTERM is ignored from here on
+    stop_process(stubborn, timeout_s=0.5)
+    assert stubborn.returncode == -signal.SIGKILL
+    stubborn.stdout.close()
+    stop_process(stubborn)  # already gone: nothing to do
