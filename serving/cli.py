@@ -41,7 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clead-serve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    for add_command in (add_up_command, add_stop_command, add_archive_command, add_triton_command,
+                        add_predict_command, add_redteam_command):
+        add_command(sub)
+    return parser
 
+
+def add_up_command(sub: argparse._SubParsersAction) -> None:
+    """``up``: build the archives and run TorchServe (behind the front) in the foreground."""
     up = sub.add_parser("up", help="serve the shipped models with TorchServe in the foreground")
     add_model_args(up)
     up.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="config, logs, key file, model store")
@@ -72,10 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--restart-window", type=float, default=600.0, help="seconds")
     up.set_defaults(func=cmd_up)
 
+
+def add_stop_command(sub: argparse._SubParsersAction) -> None:
+    """``stop``: stop the TorchServe started from a workdir."""
     stop = sub.add_parser("stop", help="stop the TorchServe started from --workdir")
     stop.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
     stop.set_defaults(func=cmd_stop)
 
+
+def add_archive_command(sub: argparse._SubParsersAction) -> None:
+    """``archive``: one .mar from an exported artifact."""
     archive = sub.add_parser("archive", help="build a TorchServe .mar from an exported artifact")
     archive.add_argument("artifact", type=Path)
     archive.add_argument("--name", required=True)
@@ -84,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_archive_args(archive)
     archive.set_defaults(func=cmd_archive)
 
+
+def add_triton_command(sub: argparse._SubParsersAction) -> None:
+    """``triton``: the same models under Triton (PyTriton)."""
     triton = sub.add_parser("triton", help="serve the models with Triton (PyTriton), dynamic batching")
     add_model_args(triton)
     triton.add_argument("--host", default="127.0.0.1")
@@ -98,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_limit_args(triton)
     triton.set_defaults(func=cmd_triton)
 
+
+def add_predict_command(sub: argparse._SubParsersAction) -> None:
+    """``predict``: classify image files with a running server."""
     predict = sub.add_parser("predict", help="classify images with a running server")
     predict.add_argument("images", nargs="+", type=Path)
     predict.add_argument("--engine", choices=("torchserve", "triton"), default="torchserve")
@@ -109,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true", help="print one JSON response per line")
     predict.set_defaults(func=cmd_predict)
 
+
+def add_redteam_command(sub: argparse._SubParsersAction) -> None:
+    """``redteam``: a bounded black-box attack on a running server, over HTTP."""
     red = sub.add_parser("redteam", help="black-box (query) attack on a running server through its HTTP API")
     red.add_argument("--url", default="http://127.0.0.1:8080")
     red.add_argument("--model", default="clead")
@@ -134,7 +156,6 @@ def build_parser() -> argparse.ArgumentParser:
     red.add_argument("--key-file", type=Path, default=DEFAULT_WORKDIR / "key_file.json")
     red.add_argument("--out", type=Path, default=None, help="default runs/redteam-<model>")
     red.set_defaults(func=cmd_redteam)
-    return parser
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
