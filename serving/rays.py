@@ -57,22 +57,33 @@ def rays_attack(classify: Classify, clean: torch.Tensor, labels: torch.Tensor, e
         candidate[:, block * size:(block + 1) * size] *= -1
         check = torch.where(radius[active] == NONE_FOUND, torch.full_like(radius[active], 255), radius[active] - 1)
         hit = misclassified(active, candidate, check)
-        idx, dirs, lo, hi = active[hit], candidate[hit], torch.zeros_like(check[hit]), check[hit]
-        # Binary search of the radius, in lockstep; an image leaves once at or under eps, or out of budget.
-        while len(idx):
-            searching = (hi - lo > 1) & (hi > eps_levels) & (spent[idx] < queries)
-            if not bool(searching.any()):
-                break
-            s = torch.nonzero(searching).flatten()
-            mid = (lo[s] + hi[s]) // 2
-            adv = misclassified(idx[s], dirs[s], mid)
-            hi[s] = torch.where(adv, mid, hi[s])
-            lo[s] = torch.where(adv, lo[s], mid)
+        idx, dirs = active[hit], candidate[hit]
         d[idx] = dirs
-        radius[idx] = hi
+        radius[idx] = search_radius(misclassified, idx, dirs, check[hit], eps_levels, spent, queries)
         block += 1
         if block >= 2 ** stage or block * size >= dims:  # every block of this stage tried: halve them
             stage, block = min(stage + 1, max_stage), 0
     r = torch.minimum(radius, torch.full_like(radius, eps_levels))
     adv = (x + r[:, None] * d).clamp(0, 255).to(torch.uint8).reshape(n, *shape)
     return adv, spent
+
+
+def search_radius(misclassified: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+                  idx: torch.Tensor, dirs: torch.Tensor, hi: torch.Tensor, eps_levels: int, spent: torch.Tensor,
+                  queries: int) -> torch.Tensor:
+    """The smallest misclassified radius along ``dirs`` for images ``idx``, known misclassified at ``hi``.
+
+    A binary search in lockstep over all the images (one round of queries per step); an image
+    leaves once its radius is at or under ``eps_levels``, or its budget is spent.
+    """
+    lo, hi = torch.zeros_like(hi), hi.clone()
+    while len(idx):
+        searching = (hi - lo > 1) & (hi > eps_levels) & (spent[idx] < queries)
+        if not bool(searching.any()):
+            break
+        s = torch.nonzero(searching).flatten()
+        mid = (lo[s] + hi[s]) // 2
+        adv = misclassified(idx[s], dirs[s], mid)
+        hi[s] = torch.where(adv, mid, hi[s])
+        lo[s] = torch.where(adv, lo[s], mid)
+    return hi

@@ -299,6 +299,24 @@ def roc_auc(negatives: Sequence[float], positives: Sequence[float]) -> float | N
     return float(greater / (len(pos) * len(neg)))
 
 
+@dataclass
+class _Answers:
+    """What the server answered for each image: predicted index, suspicion score, flagged."""
+
+    pred: torch.Tensor
+    susp: torch.Tensor
+    flag: torch.Tensor
+
+    @classmethod
+    def unanswered(cls, n: int) -> "_Answers":
+        return cls(torch.full((n,), -1), torch.full((n,), float("nan")), torch.zeros(n, dtype=torch.bool))
+
+    def record(self, sl: slice, responses: list[dict[str, Any]]) -> None:
+        self.pred[sl] = torch.tensor([r["index"] for r in responses])
+        self.susp[sl] = torch.tensor([float(r.get("suspicion", float("nan"))) for r in responses])
+        self.flag[sl] = torch.tensor([bool(r.get("flagged")) for r in responses])
+
+
 def run_redteam(config: RedteamConfig, engine: HTTPEngine, clean: torch.Tensor, labels: torch.Tensor,
                 artifact: str | Path | None = None) -> dict[str, Any]:
     """Attack ``clean`` (uint8 NCHW) through ``engine``; returns the report dict (and the images)."""
@@ -309,40 +327,22 @@ def run_redteam(config: RedteamConfig, engine: HTTPEngine, clean: torch.Tensor, 
     model = RemoteClassifier(engine, config.concurrency, deadline=start + config.max_seconds)
     n = len(clean)
     adv = clean.clone()
-    clean_pred = torch.full((n,), -1)
-    adv_pred = torch.full((n,), -1)
+    before, after = _Answers.unanswered(n), _Answers.unanswered(n)
     queries = torch.zeros(n, dtype=torch.long)
-    clean_susp = torch.full((n,), float("nan"))
-    adv_susp = torch.full((n,), float("nan"))
-    clean_flag = torch.zeros(n, dtype=torch.bool)
-    adv_flag = torch.zeros(n, dtype=torch.bool)
     done = torch.zeros(n, dtype=torch.bool)
     stopped = None
     try:
         for s in range(0, n, config.chunk):
             sl = slice(s, min(s + config.chunk, n))
-            responses = model.classify(clean[sl])
-            clean_pred[sl] = torch.tensor([r["index"] for r in responses])
-            clean_susp[sl] = torch.tensor([float(r.get("suspicion", float("nan"))) for r in responses])
-            clean_flag[sl] = torch.tensor([bool(r.get("flagged")) for r in responses])
+            before.record(sl, model.classify(clean[sl]))
             queries[sl] = 1
-            right = torch.nonzero(clean_pred[sl] == labels[sl]).flatten() + s
+            right = torch.nonzero(before.pred[sl] == labels[sl]).flatten() + s
             if len(right):
-                if config.attack == "rays":
-                    adv_right, q = rays_attack(lambda imgs: torch.tensor([r["index"] for r in model.classify(imgs)]),
-                                               clean[right], labels[right], math.floor(config.eps * 255 + 1e-6),
-                                               config.queries)
-                else:
-                    model.project = _RowTracker(clean[right], config.eps)
-                    adv_right, q = square_attack(model, clean[right], labels[right], config)
-                    model.project = None
+                adv_right, q = attack_chunk(model, config, clean[right], labels[right])
                 adv[right] = adv_right
                 queries[right] += q
             # What the server says about the final 8-bit images (the verdict the report uses).
-            final = model.classify(adv[sl])
-            adv_pred[sl] = torch.tensor([r["index"] for r in final])
-            adv_susp[sl] = torch.tensor([float(r.get("suspicion", float("nan"))) for r in final])
-            adv_flag[sl] = torch.tensor([bool(r.get("flagged")) for r in final])
+            after.record(sl, model.classify(adv[sl]))
             done[sl] = True
     except BudgetExceeded as exc:
         stopped = str(exc)
@@ -352,16 +352,29 @@ def run_redteam(config: RedteamConfig, engine: HTTPEngine, clean: torch.Tensor, 
     finally:
         model.close()
     wall = time.monotonic() - start
-    report = summarise(config, clean, adv, labels, clean_pred, adv_pred, queries, done, model.log, wall, stopped)
+    report = summarise(config, clean, adv, labels, before.pred, after.pred, queries, done, model.log, wall, stopped)
     if model.log.suspicion:
-        report["suspicion"] = suspicion_summary(done, clean_pred, adv_pred, labels, clean_susp, adv_susp,
-                                                clean_flag, adv_flag, model.log)
+        report["suspicion"] = suspicion_summary(done, before.pred, after.pred, labels, before.susp, after.susp,
+                                                before.flag, after.flag, model.log)
     if artifact is not None and config.whitebox_steps > 0 and bool(done.any()):
         idx = torch.nonzero(done).flatten()
         report["whitebox"] = whitebox_apgd(artifact, clean[idx], labels[idx], config)
         report["sanity"] = sanity(report)
     report["_images"] = {"clean": clean[done], "adv": adv[done], "labels": labels[done]}
     return report
+
+
+def attack_chunk(model: RemoteClassifier, config: RedteamConfig, clean: torch.Tensor, labels: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``config.attack`` on uint8 images the server classifies correctly: (adv uint8, queries per image)."""
+    if config.attack == "rays":
+        return rays_attack(lambda imgs: torch.tensor([r["index"] for r in model.classify(imgs)]),
+                           clean, labels, math.floor(config.eps * 255 + 1e-6), config.queries)
+    model.project = _RowTracker(clean, config.eps)
+    try:
+        return square_attack(model, clean, labels, config)
+    finally:
+        model.project = None
 
 
 def summarise(config, clean, adv, labels, clean_pred, adv_pred, queries, done, log, wall, stopped
