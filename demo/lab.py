@@ -288,18 +288,7 @@ def run_lab(
     The attack is untargeted from the attacked model's own clean prediction, so "fooled"
     means the prediction changed. Seeded, so the same inputs give the same picture.
     """
-    from training.attacks import create_attack
-
-    if attack not in ATTACK_CHOICES:
-        raise ValueError(f"unknown attack {attack!r}; choose from {', '.join(ATTACK_CHOICES)}")
-    if target not in TARGETS:
-        raise ValueError(f"unknown target {target!r}; choose from {', '.join(TARGETS)}")
-    if not 0 <= eps <= 1:
-        raise ValueError(f"eps must be in [0, 1] pixel units, got {eps}")
-    choice = ATTACK_CHOICES[attack]
-    steps = int(steps) if choice.uses_steps else 1
-    kwargs = {"eps": eps, "steps": steps} if choice.uses_steps else {"eps": eps}
-    adversary = create_attack(choice.registry_name, **kwargs)
+    adversary, steps = build_adversary(attack, eps, steps, target)
     predict = predict or local_topk
     report = progress or (lambda fraction, desc: None)
     start = time.perf_counter()
@@ -307,16 +296,8 @@ def run_lab(
     report(0.0, "clean predictions")
     clean = {role: predict(models[role], x) for role in ROLES}
     against = {role: (role if target == "each" else target) for role in ROLES}
-    adversarial: dict[str, torch.Tensor] = {}
-    for i, source in enumerate(sorted(set(against.values()), key=ROLES.index)):
-        report(0.1 + 0.8 * i / 2, f"{attack} against the {source} model")
-        model = models[source]
-        # Untargeted from the local model's own clean prediction (uploads have no true label).
-        with torch.no_grad():
-            y = model.module(x).argmax(1)
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)  # random starts are repeatable
-            adversarial[source] = quantize(adversary(model.module, x, y))
+    adversarial = attack_sources(models, x, adversary, sorted(set(against.values()), key=ROLES.index), attack, seed,
+                                 report)
     report(0.9, "adversarial predictions")
     result = LabResult(x, attack, eps, steps, target)
     for role in ROLES:
@@ -329,3 +310,35 @@ def run_lab(
     result.seconds = time.perf_counter() - start
     report(1.0, "done")
     return result
+
+
+def build_adversary(attack: str, eps: float, steps: int, target: str) -> tuple[Callable, int]:
+    """The menu's ``attack`` from training's registry, checked with ``target``: (attack, steps it runs)."""
+    from training.attacks import create_attack
+
+    if attack not in ATTACK_CHOICES:
+        raise ValueError(f"unknown attack {attack!r}; choose from {', '.join(ATTACK_CHOICES)}")
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; choose from {', '.join(TARGETS)}")
+    if not 0 <= eps <= 1:
+        raise ValueError(f"eps must be in [0, 1] pixel units, got {eps}")
+    choice = ATTACK_CHOICES[attack]
+    steps = int(steps) if choice.uses_steps else 1
+    kwargs = {"eps": eps, "steps": steps} if choice.uses_steps else {"eps": eps}
+    return create_attack(choice.registry_name, **kwargs), steps
+
+
+def attack_sources(models: dict[str, LabModel], x: torch.Tensor, adversary: Callable, sources: list[str],
+                   attack: str, seed: int, report: Callable[[float, str], None]) -> dict[str, torch.Tensor]:
+    """The quantised adversarial image built against each model role in ``sources``."""
+    adversarial: dict[str, torch.Tensor] = {}
+    for i, source in enumerate(sources):
+        report(0.1 + 0.8 * i / 2, f"{attack} against the {source} model")
+        model = models[source]
+        # Untargeted from the local model's own clean prediction (uploads have no true label).
+        with torch.no_grad():
+            y = model.module(x).argmax(1)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)  # random starts are repeatable
+            adversarial[source] = quantize(adversary(model.module, x, y))
+    return adversarial
