@@ -16,8 +16,8 @@ from benchmarks.common import CLASSES, build_model
 from benchmarks.conftest import record
 
 METHODS = ("standard", "pgd-at", "trades", "clead", "clead-sg")
-# Variants measured beside the registered methods: name -> (method, MethodConfig overrides).
-VARIANTS = {"clead-sg": ("clead", {"clead_clean_grad": False})}  # stop-gradient clean view
+# Variants measured beside the registered methods: name -> (method, its options).
+VARIANTS = {"clead-sg": ("clead", {"clean_grad": False})}  # stop-gradient clean view
 
 
 def make_step(method_name: str, steps: int, model: torch.nn.Module, batch: int, device: str = "cpu"):
@@ -27,8 +27,7 @@ def make_step(method_name: str, steps: int, model: torch.nn.Module, batch: int, 
     cfg = TrainConfig()
     method_name, overrides = VARIANTS.get(method_name, (method_name, {}))
     cfg.method.name, cfg.attack.steps = method_name, steps
-    for key, value in overrides.items():
-        setattr(cfg.method, key, value)
+    cfg.method.options.update(overrides)
     method = create_method(model, cfg).to(device)
     method.train()
     optimizer = torch.optim.SGD(method.parameters(), lr=0.01, momentum=0.9)

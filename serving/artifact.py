@@ -26,8 +26,8 @@ class ArtifactError(RuntimeError):
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-    # Same as training.export.sha256_file, on purpose: the artifact contract is all that
-    # serving shares with training, and a server must not need the training package.
+    # The artifact's fingerprint; training.export uses this function too (serving defines
+    # the contract and never imports training).
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):

@@ -15,7 +15,6 @@ that file pair.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import tempfile
@@ -26,20 +25,13 @@ from typing import Any
 import torch
 from torch import nn
 
+# The artifact contract (where the metadata lies, how the file is fingerprinted) is the
+# servers' to define: serving/artifact.py reads it with torch alone and never imports training,
+# so training, which writes artifacts, takes it from there.
+from serving.artifact import metadata_path, sha256_file
+
 FORMATS = {"torchscript": ".pt", "export": ".pt2"}
 METADATA_SCHEMA = 1
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def metadata_path(artifact: str | os.PathLike) -> Path:
-    return Path(artifact).with_suffix(".json")
 
 
 class _LogitsOnly(nn.Module):
@@ -113,9 +105,13 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
 
 
 def load_artifact(path: str | os.PathLike, verify: bool = True) -> tuple[nn.Module, dict[str, Any]]:
-    """Load an exported artifact and its metadata (empty dict if no JSON lies beside it).
+    """Load an exported artifact and its metadata (empty dict if no JSON lies beside it), for
+    attacking and evaluating it.
 
-    With ``verify`` the file's sha256 must match the metadata's.
+    With ``verify`` the file's sha256 must match the metadata's. Unlike the servers' loader
+    (``serving.artifact.load_artifact``, which refuses a file without its full metadata) this
+    one also reads a bare model file, and it wraps a torch.export module so that attacks may
+    switch its mode (``FrozenEval``).
     """
     path = Path(path)
     if not path.is_file():
