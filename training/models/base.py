@@ -48,3 +48,15 @@ class ImageClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+def residual_stages(block, in_planes: int, stages: Sequence[tuple[int, int]]) -> tuple[nn.Sequential, int]:
+    """The residual trunk of a ResNet-style model: ``stages`` of ``(planes, blocks)``, the first
+    block of every stage after the first striding by 2; ``block(in_planes, planes, stride)``.
+    Returns the trunk and its output channels."""
+    layers = []
+    for i, (planes, blocks) in enumerate(stages):
+        for j in range(blocks):
+            layers.append(block(in_planes, planes, 2 if (i > 0 and j == 0) else 1))
+            in_planes = planes
+    return nn.Sequential(*layers), in_planes

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.models.base import ImageClassifier
+from training.models.base import ImageClassifier, residual_stages
 
 
 class PreActBlock(nn.Module):
@@ -49,13 +49,7 @@ class PreActResNet(ImageClassifier):
             raise ValueError(f"width must be > 0, got {width}")
         channels = [max(8, int(round(c * width))) for c in (64, 128, 256, 512)]
         self.conv1 = nn.Conv2d(3, channels[0], 3, 1, 1, bias=False)
-        layers, in_planes = [], channels[0]
-        for i, (planes, blocks) in enumerate(zip(channels, num_blocks)):
-            for j in range(blocks):
-                stride = 2 if (i > 0 and j == 0) else 1
-                layers.append(PreActBlock(in_planes, planes, stride))
-                in_planes = planes
-        self.layers = nn.Sequential(*layers)
+        self.layers, in_planes = residual_stages(PreActBlock, channels[0], list(zip(channels, num_blocks)))
         self.bn = nn.BatchNorm2d(in_planes)
         self.feature_dim = in_planes
         self.fc = nn.Linear(in_planes, num_classes)

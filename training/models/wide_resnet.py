@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.models.base import ImageClassifier
+from training.models.base import ImageClassifier, residual_stages
 from training.models.preact_resnet import PreActBlock
 
 
@@ -49,13 +49,8 @@ class WideResNet(ImageClassifier):
         n = (depth - 4) // 6
         widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
         self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
-        layers, in_planes = [], widths[0]
-        for stage, planes in enumerate(widths[1:]):
-            for j in range(n):
-                stride = 2 if (stage > 0 and j == 0) else 1
-                layers.append(WideBlock(in_planes, planes, stride, dropout))
-                in_planes = planes
-        self.layers = nn.Sequential(*layers)
+        self.layers, in_planes = residual_stages(lambda i, o, s: WideBlock(i, o, s, dropout), widths[0],
+                                                 [(planes, n) for planes in widths[1:]])
         self.bn = nn.BatchNorm2d(in_planes)
         self.feature_dim = in_planes
         self.fc = nn.Linear(in_planes, num_classes)
