@@ -29,6 +29,7 @@ from torch import nn
 # servers' to define: serving/artifact.py reads it with torch alone and never imports training,
 # so training, which writes artifacts, takes it from there.
 from serving.artifact import metadata_path, sha256_file
+from training.checkpoint import model_from_checkpoint
 
 FORMATS = {"torchscript": ".pt", "export": ".pt2"}
 METADATA_SCHEMA = 1
@@ -160,8 +161,6 @@ def _is_torchscript(path: Path) -> bool:
 def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
     """Any model clead produces: an exported artifact (``.pt`` TorchScript, ``.pt2``), a
     training checkpoint, or a run directory. Returns (module in eval mode, metadata)."""
-    from training.checkpoint import model_from_checkpoint  # avoids a cycle at import
-
     path = Path(path)
     if path.is_file() and (path.suffix == ".pt2" or _is_torchscript(path)):
         return load_artifact(path)
