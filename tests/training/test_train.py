@@ -17,7 +17,7 @@ from training import cli
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.config import TrainConfig, from_dict, validate
 from training.methods import method_names, resolve
-from training.train import fit, lr_factor
+from training.train import lr_factor
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -16,7 +16,7 @@ import sys
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 
@@ -185,14 +185,3 @@ def _previous_report(path: Path, info: dict) -> Optional[dict]:
     if old.get("model", {}).get("sha256") != info["sha256"]:
         raise ValueError(f"{path} belongs to another model (sha256 differs); use another --out or drop --resume")
     return old
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m training.cli.evaluate ...`` is ``clead-train eval ...``."""
-    from training.cli import main as clead_train
-
-    return clead_train(["eval", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

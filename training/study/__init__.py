@@ -32,11 +32,14 @@ _MOVED = {name: module for module, names in (
     ("measures", "NOT_RUN APGD_PAIR COLUMNS Measure clean_of attack_of apgd_pair_of stand_in"),
     ("checks", "TOL Finding cross_attack_checks report_checks"),
     ("verdict", "difference summary"),
-    ("report", "main_table ablation_table plot_curves build_study add_arguments main"),
+    ("report", "main_table ablation_table plot_curves build_study add_arguments"),
 ) for name in names.split()}
 
 
 def __getattr__(name: str):
+    if name == "main":
+        raise AttributeError("training.study.main is gone: the report is `clead-train report` "
+                             "(from Python: training.cli.main(['report', ...]))")
     module = _MOVED.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,7 +2,7 @@
 
 import sys
 
-from training.study.report import main
+from training.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["report", *sys.argv[1:]]))

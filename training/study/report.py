@@ -29,7 +29,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 from training.config import parse_eps
 from training.study.checks import TOL, Finding, cross_attack_checks, report_checks
@@ -259,14 +259,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"not run: {line}", file=sys.stderr)
     print(f"wrote {out}" + (f" and {png}" if png else " (no curve in any report: no plot)"), file=sys.stderr)
     return 1 if args.strict and missing else 0
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m training.study ...`` is ``clead-train report ...``."""
-    from training.cli import main as clead_train
-
-    return clead_train(["report", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

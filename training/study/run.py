@@ -61,7 +61,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional
 
 from training.study.spec import Row, load_row, load_spec, validation_of
 
@@ -408,14 +408,3 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     return 0
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m training.study.run``: ``clead-train study``, the CLI's error messages included."""
-    from training.cli import main as clead_train
-
-    return clead_train(["study", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

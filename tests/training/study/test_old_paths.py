@@ -13,7 +13,7 @@ from training.study import report, run, spec
 
 
 @pytest.mark.parametrize("name, module", [
-    ("build_study", report), ("main", report), ("add_arguments", report), ("load_spec", spec), ("Row", spec),
+    ("build_study", report), ("add_arguments", report), ("load_spec", spec), ("Row", spec),
     ("load_row", spec), ("validation_of", spec), ("Targets", spec),
 ])
 def test_old_report_names_resolve_and_warn(name, module):
@@ -23,6 +23,13 @@ def test_old_report_names_resolve_and_warn(name, module):
         assert getattr(training.study, name) is getattr(module, name)
     with pytest.warns(DeprecationWarning):
         exec(f"from training.study import {name}", {})
+
+
+def test_the_old_report_main_says_where_it_went():
+    import training.study
+
+    with pytest.raises(AttributeError, match="clead-train report"):
+        training.study.main  # noqa: B018
 
 
 def test_run_is_the_runner_module_and_unknown_names_raise():

@@ -16,7 +16,8 @@ import torch
 import yaml
 
 from training import config as C
-from training.study.report import build_study, main
+from training import cli
+from training.study.report import build_study
 
 EPS = 8 / 255
 HW = "1 x NVIDIA H100"
@@ -189,9 +190,9 @@ def test_cli_writes_the_doc_and_strict_fails_on_missing(tmp_path, capsys):
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(spec))
     out = tmp_path / "docs" / "robustness.md"
     args = ["--spec", str(tmp_path / "study.yaml"), "--out", str(out), "--root", str(tmp_path)]
-    assert main(args) == 0 and out.is_file()
+    assert cli.main(["report", *args]) == 0 and out.is_file()
     assert "not run: MISSING: " in capsys.readouterr().err
-    assert main([*args, "--strict"]) == 1
+    assert cli.main(["report", *args, "--strict"]) == 1
 
 
 def test_spec_errors_name_the_problem(tmp_path):

@@ -97,8 +97,9 @@ def test_the_shipped_spec_builds_a_plan(tmp_path):
     assert all(f"fit:{row['name']}" in plan.jobs["select:C-LEAD (previous recipe)"].needs for row in ablations)
 
 
-def test_main_is_clead_train_study(tmp_path, capsys):
-    from training.study.run import main
+def test_clead_train_study_checks_its_rows(tmp_path, capsys):
+    def main(args):
+        return cli.main(["study", *args])
 
     spec = tmp_path / "study.yaml"
     spec.write_text(yaml.safe_dump(SPEC))
