@@ -80,7 +80,12 @@ def load_artifact(
     """Verify and load ``artifact``; returns the eval-mode module on ``device`` and its metadata."""
     artifact = Path(artifact)
     meta = verify_artifact(artifact)
-    fmt = meta.get("format") or FORMATS.get(artifact.suffix)
+    return load_module(artifact, meta.get("format") or FORMATS.get(artifact.suffix), device), meta
+
+
+def load_module(artifact: str | os.PathLike, fmt: str | None, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The model in ``artifact`` (``fmt``: torchscript | export), unverified; TorchScript in eval mode.
+    ``training.export.load_artifact`` reads files through this too."""
     if fmt == "torchscript":
         with warnings.catch_warnings():
             # torch >= 2.10 flags torch.jit as deprecated; TorchScript is still the artifact
@@ -88,12 +93,9 @@ def load_artifact(
             warnings.simplefilter("ignore", FutureWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
             module = torch.jit.load(str(artifact), map_location=device)
-    elif fmt == "export":
-        module = torch.export.load(str(artifact)).module().to(device)
-    else:
-        raise ArtifactError(f"{artifact}: unknown format {fmt!r}; valid: {sorted(FORMATS.values())}")
-    # TorchScript modules keep their own train flag; an exported program has none to flip and
-    # was traced in eval mode, so .eval() is only meaningful (and only allowed) for the former.
-    if fmt == "torchscript":
-        module.eval()
-    return module, meta
+        # TorchScript modules keep their own train flag; an exported program has none to flip and
+        # was traced in eval mode, so .eval() is only meaningful (and only allowed) for the former.
+        return module.eval()
+    if fmt == "export":
+        return torch.export.load(str(artifact)).module().to(device)
+    raise ArtifactError(f"{artifact}: unknown format {fmt!r}; valid: {sorted(FORMATS.values())}")

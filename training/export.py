@@ -28,7 +28,7 @@ from torch import nn
 # The artifact contract (where the metadata lies, how the file is fingerprinted) is the
 # servers' to define: serving/artifact.py reads it with torch alone and never imports training,
 # so training, which writes artifacts, takes it from there.
-from serving.artifact import metadata_path, sha256_file
+from serving.artifact import load_module, metadata_path, sha256_file
 from training.checkpoint import model_from_checkpoint
 
 FORMATS = {"torchscript": ".pt", "export": ".pt2"}
@@ -122,14 +122,8 @@ def load_artifact(path: str | os.PathLike, verify: bool = True) -> tuple[nn.Modu
     if verify and meta.get("sha256") and sha256_file(path) != meta["sha256"]:
         raise ValueError(f"{path}: sha256 does not match {meta_file}; the file was changed or corrupted")
     fmt = meta.get("format") or ("export" if path.suffix == ".pt2" else "torchscript")
-    if fmt == "export":
-        module: nn.Module = FrozenEval(torch.export.load(str(path)).module())
-    else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            module = torch.jit.load(str(path), map_location="cpu")
-        module.eval()
-    return module, meta
+    module = load_module(path, fmt)
+    return (FrozenEval(module) if fmt == "export" else module), meta
 
 
 class FrozenEval(nn.Module):

@@ -14,27 +14,38 @@ from pathlib import Path
 from training.evaluation.specs import fmt_eps
 
 
-def plot_curve(curve: dict, path: str | Path, title: str = "") -> Path:
+def plot_accuracy_vs_eps(lines: list[tuple[str, list[float], list[float]]], path: str | Path, title: str,
+                         ylabel: str = "accuracy (%)", legend_size: float | None = None) -> Path:
+    """Accuracy against L-inf eps, one line per ``(label, eps values, accuracies)``; the line
+    labelled "worst case" is dashed black. Used by every report that draws a curve."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    xs = [255 * e for e in curve["eps"]]
-    for label, ys in curve["accuracy"].items():
-        style = dict(color="black", linestyle="--") if label == "worst case" else {}
-        ax.plot(xs, [100 * y for y in ys], marker="o", label=label, **style)
-    ax.set_xlabel("eps (L-inf, x/255)")
-    ax.set_ylabel(f"accuracy (%) on {curve['n']} images")
-    ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        for label, eps, ys in lines:
+            style = dict(color="black", linestyle="--") if label == "worst case" else {}
+            ax.plot([255 * e for e in eps], [100 * y for y in ys], marker="o", label=label, **style)
+        ax.set_xlabel("eps (L-inf, x/255)")
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=legend_size)
+        ax.set_title(title)
+        fig.tight_layout()
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path)
+    finally:  # a figure left open stays in pyplot's registry for the life of the process
+        plt.close(fig)
     return Path(path)
+
+
+def plot_curve(curve: dict, path: str | Path, title: str = "") -> Path:
+    """One report's robustness curve (``runner.robustness_curve``): a line per attack."""
+    lines = [(label, curve["eps"], ys) for label, ys in curve["accuracy"].items()]
+    return plot_accuracy_vs_eps(lines, path, title, f"accuracy (%) on {curve['n']} images")
 
 
 

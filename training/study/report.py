@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Optional
 
 from training.config import parse_eps
+from training.evaluation.report import plot_accuracy_vs_eps
 from training.study.checks import TOL, Finding, cross_attack_checks, report_checks
 from training.study.measures import COLUMNS, NOT_RUN, attack_of, clean_of, duration, pct
 from training.study.spec import ROLES, Row, Targets, Verdict, load_row, load_spec, parse_row, validation_of
@@ -108,30 +109,12 @@ def plot_curves(rows: list[Row], path: Path) -> Optional[Path]:
             picked.append((row, curve))
     if not picked:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    try:
-        for row, curve in picked:
-            label, ys = ("worst case", curve["accuracy"]["worst case"]) if "worst case" in curve["accuracy"] \
-                else next(iter(curve["accuracy"].items()))
-            ax.plot([255 * e for e in curve["eps"]], [100 * y for y in ys], marker="o",
-                    label=f"{row.name} ({label}, n={curve['n']})")
-        ax.set_xlabel("eps (L-inf, x/255)")
-        ax.set_ylabel("accuracy (%)")
-        ax.set_ylim(0, 100)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        ax.set_title("Accuracy vs eps, all methods")
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path)
-    finally:  # a figure left open stays in pyplot's registry for the life of the process
-        plt.close(fig)
-    return path
+    lines = []
+    for row, curve in picked:
+        label, ys = ("worst case", curve["accuracy"]["worst case"]) if "worst case" in curve["accuracy"] \
+            else next(iter(curve["accuracy"].items()))
+        lines.append((f"{row.name} ({label}, n={curve['n']})", curve["eps"], ys))
+    return plot_accuracy_vs_eps(lines, path, "Accuracy vs eps, all methods", legend_size=8)
 
 
 def build_study(spec: dict, root: str | Path = ".", plot_path: Optional[Path] = None
