@@ -115,6 +115,7 @@ class Row:
     reports: list[tuple[Path, dict]] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     root: Path = Path(".")
+    fit: str = ""  # the row's own flags of clead-train fit (after the spec's fit_common)
 
     @property
     def label(self) -> str:
@@ -154,7 +155,8 @@ def parse_row(raw: dict, root: Path) -> Row:
     evals = raw.get("eval") or []
     evals = [evals] if isinstance(evals, str) else list(evals)
     run = root / raw["run"] if raw.get("run") else None
-    return Row(str(raw["name"]), raw["method"], role, run, [root / e for e in evals], root=root)
+    return Row(str(raw["name"]), raw["method"], role, run, [root / e for e in evals], root=root,
+               fit=str(raw.get("fit") or ""))
 
 
 def load_row(row: Row) -> Row:
