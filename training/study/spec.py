@@ -188,7 +188,12 @@ def load_row(row: Row) -> Row:
 
 
 def validation_of(row: Row) -> Optional[dict]:
-    """The logged epoch the run selected (its best epoch), else the last one logged."""
+    """The logged epoch the run selected (its best epoch), else the last one logged. Where the
+    weight average won that epoch (``selected_weights: ema``), its ``ema_val_*`` accuracies
+    are the epoch's ``val_*``: they belong to the weights the run exports."""
     best = (row.summary or {}).get("best_epoch")
     chosen = [h for h in row.history if h.get("epoch") == best] if best else []
-    return chosen[-1] if chosen else (row.history[-1] if row.history else (row.summary or {}).get("final"))
+    epoch = chosen[-1] if chosen else (row.history[-1] if row.history else (row.summary or {}).get("final"))
+    if epoch and epoch.get("selected_weights") == "ema":
+        epoch = {**epoch, **{k[len("ema_"):]: v for k, v in epoch.items() if k.startswith("ema_val_")}}
+    return epoch

@@ -317,3 +317,23 @@ def test_the_shipped_specs_load(tmp_path, name):
     spec = load_spec(Path(__file__).resolve().parents[3] / "docs" / name)
     md, rows, _ = build_study(spec, tmp_path)  # nothing under tmp_path: every row is "not run"
     assert all(r.missing for r in rows) and md.startswith(f"# {spec['title']}\n")
+
+
+def test_a_screening_spec_ranks_its_rows_on_validation_and_takes_the_selected_weights(tmp_path):
+    """A spec of ablation rows only (docs/screen.yaml) is ranked by validation robust accuracy
+    with 95% intervals; an epoch won by the weight average reports the average's numbers."""
+    plain = write_run(tmp_path, "scr-a", "pgd-at", 60.0, [(0.40, 0.20), (0.42, 0.25)], best=2)
+    averaged = write_run(tmp_path, "scr-b", "pgd-at", 60.0, [(0.40, 0.20), (0.41, 0.22)], best=2)
+    metrics = tmp_path / averaged / "metrics.jsonl"
+    history = [json.loads(line) for line in metrics.read_text().splitlines()]
+    history[1].update(selected_weights="ema", ema_val_clean_acc=0.45, ema_val_robust_acc=0.30)
+    metrics.write_text("".join(json.dumps(h) + "\n" for h in history))
+    spec = {"title": "Screen", "eps": "8/255", "rows": [
+        {"name": "plain", "method": "pgd-at", "run": plain, "role": "ablation", "fit": ""},
+        {"name": "averaged", "method": "pgd-at", "run": averaged, "role": "ablation", "fit": "--ema-decay 0.99"}]}
+    md, _, png = build_study(spec, tmp_path)
+    assert "## Ranking (validation split)" in md and "## Summary" not in md and png is None
+    ranking = md.split("## Ranking")[1]
+    assert ranking.index("| averaged |") < ranking.index("| plain |")  # 30% (the average) before 25%
+    assert "| averaged | `pgd-at` | `--ema-decay 0.99` | 2/2 (best 2) | 45.00 | 30.00 | 4.0 | 500 |" in md
+    assert "| plain | `pgd-at` | - | 2/2 (best 2) | 42.00 | 25.00 | 3.8 | 500 |" in md
