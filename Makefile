@@ -79,6 +79,7 @@ study models: $(STAMP)
 # The robustness study from the runs and eval reports listed in docs/study.yaml (missing ones show as "not run").
 report: $(STAMP)
 	$(BIN)/clead-train report --spec docs/study.yaml --out docs/robustness.md
+	$(BIN)/clead-train report --spec docs/screen.yaml --out docs/screen.md
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache runs/smoke
