@@ -38,6 +38,14 @@ def test_cli_refuses_a_remote_url_before_sending_anything(capsys):
     assert "--allow-remote" in capsys.readouterr().err
 
 
+def test_cli_refuses_a_remote_triton_or_metrics_url_before_sending_anything(capsys):
+    assert cli_main(["redteam", "--engine", "triton", "--url", "http://10.1.2.3:8000", "--n", "1"]) == 1
+    assert "--allow-remote" in capsys.readouterr().err
+    assert cli_main(["redteam", "--url", "http://127.0.0.1:8080", "--metrics-url", "http://10.1.2.3:8082/metrics",
+                     "--n", "1"]) == 1
+    assert "--allow-remote" in capsys.readouterr().err
+
+
 def test_roc_auc():
     assert roc_auc([0, 1, 2], [3, 4]) == 1.0
     assert roc_auc([3, 4], [0, 1, 2]) == 0.0
@@ -130,6 +138,87 @@ def test_remote_classifier_returns_log_probabilities(artifacts):
     assert model.log.queries == 3
 
 
+class MetricsPage:
+    """A loopback HTTP server answering GET with a Prometheus text page that ``pages`` scripts."""
+
+    def __init__(self, pages: list[str]) -> None:
+        import http.server
+        import threading
+
+        self.pages = list(pages)
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = (outer.pages.pop(0) if len(outer.pages) > 1 else outer.pages[0]).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/metrics"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def triton_page(inferences: int, executions: int) -> str:
+    return ("# HELP nv_inference_count Number of inferences performed\n# TYPE nv_inference_count counter\n"
+            f'nv_inference_count{{model="clead",version="1"}} {inferences}\n'
+            'nv_inference_count{model="baseline",version="1"} 999\n'
+            f'nv_inference_exec_count{{model="clead",version="1"}} {executions}\n'
+            'nv_inference_exec_count{model="baseline",version="1"} 1\n')
+
+
+def torchserve_page(images: int, passes: int) -> str:
+    return (f'CleadBatchSize_sum{{Level="Model",Hostname="h",ModelName="clead"}} {images}\n'
+            f'CleadBatchSize_count{{Level="Model",Hostname="h",ModelName="clead"}} {passes}\n'
+            'CleadBatchSize_sum{Level="Model",Hostname="h",ModelName="clead2"} 500\n')
+
+
+@pytest.mark.parametrize("engine, page", [("triton", triton_page), ("torchserve", torchserve_page)])
+def test_batch_counters_read_the_models_images_per_forward_pass(engine, page):
+    from serving.redteam import BatchCounters
+
+    # Before the run; then (TorchServe's metrics lag) a page that does not cover the queries yet; then all.
+    server = MetricsPage([page(10, 5), page(30, 10), page(50, 15)])
+    try:
+        counters = BatchCounters(server.url, engine, "clead")
+        counters.begin()
+        summary = counters.summary(queries=40, wait_s=20)
+    finally:
+        server.close()
+    assert summary == {"measured": True, "source": server.url, "images": 40, "forward_passes": 10,
+                       "mean_batch_size": 4.0, "covers_all_queries": True}
+
+
+def test_batch_counters_that_cannot_be_read_are_not_measured():
+    from serving.redteam import BatchCounters
+    from serving.torchserve import free_port
+
+    counters = BatchCounters(f"http://127.0.0.1:{free_port()}/metrics", "triton", "clead", timeout=2)
+    counters.begin()
+    summary = counters.summary(queries=10, wait_s=1)
+    assert summary["measured"] is False and "cannot read" in summary["reason"]
+    server = MetricsPage([triton_page(7, 3)])  # never moves: nothing of this model was forwarded
+    try:
+        counters = BatchCounters(server.url, "triton", "clead")
+        counters.begin()
+        summary = counters.summary(queries=10, wait_s=1)
+    finally:
+        server.close()
+    assert summary["measured"] is False and "did not move" in summary["reason"]
+    table = format_table([{"model": "m", "attack": "square", "n": 1, "engine": "triton", "server_batches": summary}])
+    assert "| server images per forward pass (its metrics) | not measured |" in table
+    assert "| engine attacked | triton |" in table
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("attack", ["square", "rays"])
 def test_run_stays_within_its_bounds(artifacts, tmp_path, attack):
@@ -140,8 +229,9 @@ def test_run_stays_within_its_bounds(artifacts, tmp_path, attack):
     labels = torch.tensor([engine.post(png_bytes(img))["index"] for img in clean])  # all clean-correct
     config = RedteamConfig(model="tiny", attack=attack, queries=20, n=6, chunk=4, whitebox_steps=2, concurrency=2)
     report = run_redteam(config, engine, clean, labels, artifact=artifacts["clead"])
-    assert report["n"] == 6 and report["clean_acc"] == 1.0
+    assert report["n"] == 6 and report["clean_acc"] == 1.0 and report["engine"] == "torchserve"
     assert report["robust_acc"] <= report["clean_acc"]
+    assert report["server_batches"] is None  # no --metrics-url: not measured, never guessed
     # Per image: the clean query, at most `queries` attack queries (Square's first included), the final check.
     assert report["total_queries"] <= 6 * (20 + 2)
     assert report["max_linf_levels"] <= 8
