@@ -301,6 +301,57 @@ def shipped_server(tmp_path_factory, cifar_root):
     stop_instance(workdir, timeout_s=30)
 
 
+@pytest.fixture(scope="module")
+def shipped_triton(cifar_root):
+    """``clead-serve triton`` with the shipped models, as a user starts it; batches of 8 within 20 ms."""
+    from serving.torchserve import free_port
+    from serving.tritonenv import ensure_env
+    from tests.serving.test_servers import ServerProcess, server_children
+
+    ensure_env()  # one-time venv; done here so the server's own wait below stays short
+    http, metrics = free_port(), free_port()
+    cmd = [sys.executable, "-m", "serving.cli", "triton", "--models-dir", str(SHIPPED), "--http-port", str(http),
+           "--grpc-port", str(free_port()), "--metrics-port", str(metrics), "--max-queue-delay-us", "20000"]
+    server = ServerProcess(cmd, "Triton is ready", timeout_s=240)
+    server.url, server.metrics_url = f"http://127.0.0.1:{http}", f"http://127.0.0.1:{metrics}/metrics"
+    children = server_children(server.proc.pid)
+    yield server
+    server.interrupt()
+    for child in children:  # nothing of it may outlive the test module
+        if child.is_running():
+            child.kill()
+
+
+# What every report carries, whichever engine was attacked (the TorchServe and Triton tests check both).
+REPORT_FIELDS = {"model", "engine", "url", "attack", "config", "n", "n_requested", "stopped_early", "clean_acc",
+                 "robust_acc", "attack_success_rate", "median_queries_to_success", "mean_queries_to_success",
+                 "total_queries", "wall_seconds", "queries_per_second", "server_mean_batch_size", "server_batches",
+                 "max_linf_levels", "suspicion", "command"}
+BUDGET = {"n": 16, "queries": 60, "max_seconds": 400}
+
+
+def redteam_cli(cifar_root: Path, out: Path, model: str, *engine_args: str) -> dict:
+    """``clead-serve redteam`` on ``model`` within BUDGET, as a user runs it; the checked report."""
+    cmd = [sys.executable, "-m", "serving.cli", "redteam", *engine_args, "--model", model,
+           "--n", str(BUDGET["n"]), "--queries", str(BUDGET["queries"]), "--eps", "8/255", "--concurrency", "16",
+           "--chunk", "16", "--whitebox-steps", "0", "--max-seconds", str(BUDGET["max_seconds"]),
+           "--data", str(cifar_root), "--out", str(out)]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert set(report) == REPORT_FIELDS
+    assert report["n"] == BUDGET["n"] and not report["stopped_early"]
+    assert report["total_queries"] <= BUDGET["n"] * (BUDGET["queries"] + 2)
+    assert report["wall_seconds"] < BUDGET["max_seconds"]
+    assert report["server_mean_batch_size"] > 1, "the attack's concurrent queries were not batched"
+    batches = report["server_batches"]
+    assert batches["measured"], batches
+    assert batches["mean_batch_size"] > 1 and batches["images"] >= report["total_queries"], batches
+    assert report["max_linf_levels"] <= 8
+    assert report["suspicion"]["scored_queries"] == report["total_queries"]
+    return report
+
+
 @pytest.mark.server
 @pytest.mark.slow
 @pytest.mark.cifar
@@ -309,25 +360,30 @@ def test_redteam_against_torchserve(shipped_server, cifar_root, tmp_path):
     reports = {}
     for model in ("baseline", "clead"):
         before = flagged_total(shipped_server.metrics_url, model)
-        out = tmp_path / model
-        cmd = [sys.executable, "-m", "serving.cli", "redteam", "--url", shipped_server.url, "--model", model,
-               "--n", "16", "--queries", "60", "--eps", "8/255", "--concurrency", "16", "--chunk", "16",
-               "--whitebox-steps", "0", "--max-seconds", "400", "--data", str(cifar_root),
-               "--key-file", str(shipped_server.workdir / "key_file.json"), "--out", str(out)]
-        done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stderr[-3000:]
-        report = reports[model] = json.loads((out / "report.json").read_text())
-        assert report["n"] == 16 and not report["stopped_early"]
-        assert report["total_queries"] <= 16 * (60 + 2)
-        assert report["wall_seconds"] < 400
-        assert report["server_mean_batch_size"] > 1, "the attack's concurrent queries were not batched"
-        assert report["max_linf_levels"] <= 8
-        assert report["suspicion"]["scored_queries"] == report["total_queries"]
+        report = reports[model] = redteam_cli(
+            cifar_root, tmp_path / model, model, "--url", shipped_server.url,
+            "--metrics-url", shipped_server.metrics_url, "--key-file", str(shipped_server.workdir / "key_file.json"))
+        assert report["engine"] == "torchserve"
         deadline = time.monotonic() + 30  # the frontend writes the worker's metrics as they arrive
         while flagged_total(shipped_server.metrics_url, model) < before + report["suspicion"]["flagged_queries"]:
             assert time.monotonic() < deadline, "SuspicionFlagged on the metrics port did not rise"
             time.sleep(1)
         assert report["suspicion"]["flagged_queries"] > 0
+    assert reports["baseline"]["attack_success_rate"] > reports["clead"]["attack_success_rate"]
+
+
+@pytest.mark.server
+@pytest.mark.slow
+@pytest.mark.cifar
+def test_redteam_against_triton(shipped_triton, cifar_root, tmp_path):
+    """The same run through Triton's KServe v2 HTTP endpoint: bounded, batched (by its answers and
+    by its nv_inference counters), the baseline fooled more often than the hardened model. (A
+    non-loopback --url or --metrics-url is refused before any query: the CLI test above.)"""
+    reports = {}
+    for model in ("baseline", "clead"):
+        report = reports[model] = redteam_cli(cifar_root, tmp_path / model, model, "--engine", "triton",
+                                              "--url", shipped_triton.url, "--metrics-url", shipped_triton.metrics_url)
+        assert report["engine"] == "triton" and report["url"] == shipped_triton.url
     assert reports["baseline"]["attack_success_rate"] > reports["clead"]["attack_success_rate"]
 
 
