@@ -133,7 +133,8 @@ def add_redteam_command(sub: argparse._SubParsersAction) -> None:
     """``redteam``: a bounded black-box attack on a running server, over HTTP."""
     red = sub.add_parser("redteam", help="black-box (query) attack on a running server through its HTTP API")
     red.add_argument("--engine", choices=("torchserve", "triton"), default="torchserve",
-                     help="what serves --url: TorchServe (clead-serve up) or Triton (clead-serve triton, KServe v2 HTTP)")
+                     help="what serves --url: TorchServe (clead-serve up) or Triton (clead-serve triton, "
+                          "KServe v2 over HTTP)")
     red.add_argument("--url", default=None, help="default http://127.0.0.1:8080 (TorchServe) / :8000 (Triton)")
     red.add_argument("--metrics-url", default=None,
                      help="the server's Prometheus metrics, e.g. http://127.0.0.1:8082/metrics (clead-serve up) or "

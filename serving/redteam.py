@@ -57,7 +57,7 @@ class BudgetExceeded(RuntimeError):
 
 @dataclass
 class RedteamConfig:
-    url: str = "http://127.0.0.1:8080"  # the inference API (TorchServe's front or TorchServe itself; Triton's HTTP port)
+    url: str = "http://127.0.0.1:8080"  # the inference API: TorchServe's front or TorchServe; Triton's HTTP port
     model: str = "clead"
     engine: str = "torchserve"  # what serves `url`: one of ENGINES
     metrics_url: str | None = None  # the server's Prometheus metrics; None: its batch counters are not read
@@ -226,7 +226,8 @@ class BatchCounters:
     """The server's own count of images and forward passes for one model, before and after the run.
 
     Images per forward pass from the server's side, beside the ``batch_size`` its answers carry
-    (that one is per query, so a query in a batch of 8 counts 8 once: a larger mean than this).
+    (a mean over queries, in which a batch of 8 weighs eight times as much as a lone request, so
+    it is the larger of the two).
     The counters include every client's requests to the model, not only the attack's; the
     report gives the image count to compare with the queries sent.
     """
