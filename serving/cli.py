@@ -132,7 +132,14 @@ def add_predict_command(sub: argparse._SubParsersAction) -> None:
 def add_redteam_command(sub: argparse._SubParsersAction) -> None:
     """``redteam``: a bounded black-box attack on a running server, over HTTP."""
     red = sub.add_parser("redteam", help="black-box (query) attack on a running server through its HTTP API")
-    red.add_argument("--url", default="http://127.0.0.1:8080")
+    red.add_argument("--engine", choices=("torchserve", "triton"), default="torchserve",
+                     help="what serves --url: TorchServe (clead-serve up) or Triton (clead-serve triton, "
+                          "KServe v2 over HTTP)")
+    red.add_argument("--url", default=None, help="default http://127.0.0.1:8080 (TorchServe) / :8000 (Triton)")
+    red.add_argument("--metrics-url", default=None,
+                     help="the server's Prometheus metrics, e.g. http://127.0.0.1:8082/metrics (clead-serve up) or "
+                          ":8002/metrics (clead-serve triton): reports its images per forward pass during the attack; "
+                          "not measured without it. Loopback only, as --url")
     red.add_argument("--model", default="clead")
     red.add_argument("--attack", default="square", choices=("square", "rays"),
                      help="square (score-based) or rays (decision-based: labels only); both L-inf")
@@ -152,7 +159,7 @@ def add_redteam_command(sub: argparse._SubParsersAction) -> None:
                      help="local artifact for the white-box APGD comparison (default: --models-dir/<model>.pt)")
     red.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR)
     red.add_argument("--whitebox-steps", type=int, default=50, help="APGD-CE steps; 0 skips the comparison")
-    red.add_argument("--key", default=None, help="TorchServe inference key (default: read --key-file)")
+    red.add_argument("--key", default=None, help="TorchServe inference key (default: read --key-file); Triton has none")
     red.add_argument("--key-file", type=Path, default=DEFAULT_WORKDIR / "key_file.json")
     red.add_argument("--out", type=Path, default=None, help="default runs/redteam-<model>")
     red.set_defaults(func=cmd_redteam)
@@ -365,28 +372,49 @@ def cmd_predict(args: argparse.Namespace, argv: list[str]) -> int:
     return 1 if failures else 0
 
 
-def cmd_redteam(args: argparse.Namespace, argv: list[str]) -> int:
-    import shlex
-
-    from serving.redteam import (HTTPEngine, RedteamConfig, check_url, format_table, load_test_images, model_classes,
-                                 run_redteam, write_report)
+def redteam_config_from(args: argparse.Namespace):
+    from serving.redteam import RedteamConfig
 
     num, sep, den = args.eps.partition("/")
     eps = float(num) / float(den) if sep else float(num)
-    config = RedteamConfig(url=args.url, model=args.model, attack=args.attack, eps=eps, queries=args.queries, n=args.n,
-                           seed=args.seed, concurrency=args.concurrency, chunk=args.chunk,
-                           max_seconds=args.max_seconds, allow_remote=args.allow_remote,
-                           whitebox_steps=args.whitebox_steps, p_init=args.p_init)
+    url = args.url or ("http://127.0.0.1:8000" if args.engine == "triton" else "http://127.0.0.1:8080")
+    return RedteamConfig(url=url, model=args.model, engine=args.engine, metrics_url=args.metrics_url,
+                         attack=args.attack, eps=eps, queries=args.queries, n=args.n, seed=args.seed,
+                         concurrency=args.concurrency, chunk=args.chunk, max_seconds=args.max_seconds,
+                         allow_remote=args.allow_remote, whitebox_steps=args.whitebox_steps, p_init=args.p_init)
+
+
+def redteam_engine(args: argparse.Namespace, config):
+    """The engine ``config`` attacks: TorchServe's inference API (with its key) or Triton's KServe v2."""
+    from serving.redteam import HTTPEngine, TritonEngine
+
+    if config.engine == "triton":
+        return TritonEngine(config.url, config.model, timeout=config.timeout)
+    key_file = args.key_file if args.key_file and args.key_file.is_file() else None
+    return HTTPEngine(config.url, config.model, key=args.key, key_file=key_file, timeout=config.timeout)
+
+
+def cmd_redteam(args: argparse.Namespace, argv: list[str]) -> int:
+    import shlex
+
+    from serving.redteam import check_url, format_table, load_test_images, model_classes, run_redteam, write_report
+
+    config = redteam_config_from(args)
     check_url(config.url, config.allow_remote)  # before loading anything
+    if config.metrics_url:
+        check_url(config.metrics_url, config.allow_remote)
+    if config.engine == "triton":
+        from serving.tritonenv import has_pytriton, reexec_in_env
+
+        if not has_pytriton() and not os.environ.get("CLEAD_IN_TRITON_ENV"):
+            reexec_in_env(argv)  # tritonclient lives in the Triton environment
     artifact = args.artifact or args.models_dir / f"{args.model}.pt"
     classes = model_classes(artifact)  # the labels' order; the server does not list its classes
     if not artifact.is_file():
         print(f"no local artifact {artifact}: skipping the white-box comparison", file=sys.stderr)
         artifact = None
     clean, labels, _ = load_test_images(args.data, config.n, config.seed, classes)
-    key_file = args.key_file if args.key_file and args.key_file.is_file() else None
-    engine = HTTPEngine(config.url, config.model, key=args.key, key_file=key_file, timeout=config.timeout)
-    report = run_redteam(config, engine, clean, labels, artifact)
+    report = run_redteam(config, redteam_engine(args, config), clean, labels, artifact)
     out = write_report(report, args.out or Path(f"runs/redteam-{args.model}"),
                        command="clead-serve " + shlex.join(argv))
     print(format_table([report]))

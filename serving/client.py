@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
+from serving.settings import TRITON_TOPK_ALL
+
 ImageLike = bytes | bytearray | str | os.PathLike
 
 
@@ -187,14 +189,18 @@ class TritonClient:
         url = url.split("://", 1)[-1].rstrip("/")
         self.client = httpclient.InferenceServerClient(url=url, connection_timeout=timeout, network_timeout=timeout)
 
-    def predict(self, image: ImageLike, model: str = "clead", topk: int | None = None) -> dict[str, Any]:
+    def predict(self, image: ImageLike, model: str = "clead", topk: int | str | None = None) -> dict[str, Any]:
+        """``topk="all"`` (as for TorchServe) asks for every class and the probability vector:
+        sent as ``TRITON_TOPK_ALL``, since Triton's ``topk`` input is an INT32."""
         import numpy as np
 
         inputs = [self._http.InferInput("image", [1, 1], "BYTES")]
         inputs[0].set_data_from_numpy(np.array([[read_image(image)]], dtype=np.object_), binary_data=True)
         if topk is not None:
+            if isinstance(topk, str) and topk.strip().lower() == "all":
+                topk = TRITON_TOPK_ALL
             inputs.append(self._http.InferInput("topk", [1, 1], "INT32"))
-            inputs[1].set_data_from_numpy(np.array([[topk]], dtype=np.int32))
+            inputs[1].set_data_from_numpy(np.array([[int(topk)]], dtype=np.int32))
         outputs = [self._http.InferRequestedOutput("result", binary_data=True)]
         result = with_retries(self.retry, lambda: self._infer_once(model, inputs, outputs))
         body = json.loads(result.as_numpy("result").reshape(-1)[0])

@@ -1,9 +1,11 @@
 """Black-box attacks on a running server, through its HTTP API only (``clead-serve redteam``).
 
 The attack sees the deployment as any client does: it sends PNG images and reads the
-probability vector of the answer (``X-TopK: all``). PNG is lossless, so the 8-bit image the
-attack builds is exactly the image the server classifies; every query is put on the 8-bit grid
-and inside the eps-ball of the clean image's 8-bit pixels before it is sent.
+probability vector of the answer. Two engines, the same answer (the predictor's JSON):
+TorchServe (:class:`HTTPEngine`, ``X-TopK: all``) and Triton (:class:`TritonEngine`, KServe v2
+over HTTP, ``topk`` -1). PNG is lossless, so the 8-bit image the attack builds is exactly the
+image the server classifies; every query is put on the 8-bit grid and inside the eps-ball of
+the clean image's 8-bit pixels before it is sent.
 
 * ``square``: Square Attack (Andriushchenko et al., 2020), L-inf, score-based, torchattacks'
   implementation run on :class:`RemoteClassifier`, a ``torch.nn.Module`` whose forward is a
@@ -15,8 +17,10 @@ and inside the eps-ball of the clean image's 8-bit pixels before it is sent.
 
 The run is bounded three ways: queries per image (``--queries``), images (``--n``) and wall
 time (``--max-seconds``, checked before every round of queries). It talks to loopback only
-unless ``--allow-remote`` is given. Imports only torch, numpy, PIL, requests and torchattacks;
-never ``training``.
+unless ``--allow-remote`` is given. The server's batching is read twice: the ``batch_size``
+of every answer, and, with ``--metrics-url``, the server's own counters of images and forward
+passes (:class:`BatchCounters`). Imports only torch, numpy, PIL, requests, torchattacks and,
+for Triton, tritonclient (through ``serving.client``); never ``training``.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import io
 import ipaddress
 import json
 import math
+import re
 import socket
 import tarfile
 import threading
@@ -32,7 +37,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 from urllib.parse import urlparse
 
 import numpy as np
@@ -43,6 +48,7 @@ from serving.artifact import metadata_path, read_metadata
 from serving.rays import rays_attack
 
 ATTACKS = ("square", "rays")
+ENGINES = ("torchserve", "triton")
 
 
 class BudgetExceeded(RuntimeError):
@@ -51,8 +57,10 @@ class BudgetExceeded(RuntimeError):
 
 @dataclass
 class RedteamConfig:
-    url: str = "http://127.0.0.1:8080"  # the inference API (TorchServe's front, or TorchServe itself)
+    url: str = "http://127.0.0.1:8080"  # the inference API: TorchServe's front or TorchServe; Triton's HTTP port
     model: str = "clead"
+    engine: str = "torchserve"  # what serves `url`: one of ENGINES
+    metrics_url: str | None = None  # the server's Prometheus metrics; None: its batch counters are not read
     attack: str = "square"
     eps: float = 8 / 255  # L-inf radius in [0, 1] pixel units; applied on the 8-bit grid
     queries: int = 1000  # query budget per image
@@ -135,6 +143,20 @@ def load_test_images(data_root: str | Path, n: int, seed: int = 0, classes: Sequ
     return x, torch.tensor(labels), chosen
 
 
+class Engine(Protocol):
+    """What the attack talks to: one PNG in, the server's answer with ``probabilities`` out."""
+
+    def post(self, png: bytes) -> dict[str, Any]: ...
+
+
+def full_answer(body: dict[str, Any], endpoint: str, asked: str) -> dict[str, Any]:
+    """``body`` if it carries the probability vector the attack needs; RuntimeError otherwise."""
+    if "probabilities" not in body:
+        raise RuntimeError(f"{endpoint} did not return the probability vector for {asked} "
+                           "(a server older than this client?)")
+    return body
+
+
 class HTTPEngine:
     """``post(png) -> response dict`` against TorchServe's inference API, full probabilities asked."""
 
@@ -160,11 +182,102 @@ class HTTPEngine:
         resp = session.post(self.endpoint, data=png, headers=self._headers(), timeout=self.timeout)
         if resp.status_code != 200:
             raise RuntimeError(f"{self.endpoint} answered {resp.status_code}: {resp.text[:300]}")
-        body = resp.json()
-        if "probabilities" not in body:
-            raise RuntimeError(f"{self.endpoint} did not return the probability vector for X-TopK: all "
-                               "(a server older than this client?)")
-        return body
+        return full_answer(resp.json(), self.endpoint, "X-TopK: all")
+
+
+class TritonEngine:
+    """``post(png) -> response dict`` against ``clead-serve triton`` (KServe v2 over HTTP), topk -1
+    (every class and the probability vector).
+
+    Through :class:`serving.client.TritonClient`, one per thread: tritonclient's clients are not
+    thread-safe. No retries, as :class:`HTTPEngine`: a refused query ends the run with the images
+    finished so far. Triton has no inference keys.
+    """
+
+    def __init__(self, url: str, model: str, timeout: float = 60.0) -> None:
+        self.url, self.model, self.timeout = url, model, timeout
+        self.endpoint = f"{url.rstrip('/')}/v2/models/{model}/infer"
+        self._local = threading.local()
+
+    def post(self, png: bytes) -> dict[str, Any]:
+        from serving.client import NO_RETRY, TritonClient
+
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = TritonClient(self.url, timeout=self.timeout, retry=NO_RETRY)
+        try:
+            body = client.predict(png, self.model, topk="all")
+        except client._server_error as exc:  # tritonclient's InferenceServerException is no RuntimeError
+            raise RuntimeError(f"{self.endpoint} answered {exc}") from exc
+        return full_answer(body, self.endpoint, "topk -1")
+
+
+# Per engine, the counters on its Prometheus metrics port: (images forwarded, forward passes, the
+# label naming the model). TorchServe's are the handler's CleadBatchSize histogram
+# (serving/handler_metrics.py); Triton's, its per-model inference and execution counts.
+BATCH_COUNTERS = {
+    "torchserve": ("CleadBatchSize_sum", "CleadBatchSize_count", "ModelName"),
+    "triton": ("nv_inference_count", "nv_inference_exec_count", "model"),
+}
+SAMPLE = re.compile(r"^([A-Za-z_:][\w:]*)\{(.*)\}\s+(\S+)")
+
+
+class BatchCounters:
+    """The server's own count of images and forward passes for one model, before and after the run.
+
+    Images per forward pass from the server's side, beside the ``batch_size`` its answers carry
+    (a mean over queries, in which a batch of 8 weighs eight times as much as a lone request, so
+    it is the larger of the two).
+    The counters include every client's requests to the model, not only the attack's; the
+    report gives the image count to compare with the queries sent.
+    """
+
+    def __init__(self, url: str, engine: str, model: str, timeout: float = 10.0) -> None:
+        self.url, self.model, self.timeout = url, model, timeout
+        self.images_name, self.passes_name, self.label = BATCH_COUNTERS[engine]
+        self.start: tuple[float, float] | None = None
+        self.error: str | None = None
+
+    def read(self) -> tuple[float, float]:
+        """(images, forward passes) so far; OSError or ValueError when the metrics cannot be read."""
+        import requests
+
+        resp = requests.get(self.url, timeout=self.timeout)
+        if resp.status_code != 200:
+            raise ValueError(f"{self.url} answered {resp.status_code}")
+        totals = {self.images_name: 0.0, self.passes_name: 0.0}
+        for line in resp.text.splitlines():
+            match = SAMPLE.match(line)
+            if match and match.group(1) in totals and dict(re.findall(r'(\w+)="([^"]*)"', match.group(2))).get(
+                    self.label) == self.model:
+                totals[match.group(1)] += float(match.group(3))
+        return totals[self.images_name], totals[self.passes_name]
+
+    def begin(self) -> None:
+        try:
+            self.start = self.read()
+        except (OSError, ValueError) as exc:  # requests' errors are OSErrors
+            self.error = f"cannot read {self.url}: {exc}"
+
+    def summary(self, queries: int, wait_s: float = 30.0) -> dict[str, Any]:
+        """Images and forward passes since :meth:`begin`, and their ratio; ``measured: False`` and why
+        when the counters could not be read or never moved. Waits up to ``wait_s`` for the counters
+        to cover ``queries`` images: TorchServe's reach its metrics port through the worker's log."""
+        deadline = time.monotonic() + wait_s
+        while self.error is None:
+            try:
+                images, passes = (now - then for now, then in zip(self.read(), self.start))
+            except (OSError, ValueError) as exc:
+                self.error = f"cannot read {self.url}: {exc}"
+                break
+            if images >= queries or time.monotonic() > deadline:
+                if passes <= 0:
+                    self.error = f"{self.images_name} / {self.passes_name} for {self.label}={self.model!r} did not move"
+                    break
+                return {"measured": True, "source": self.url, "images": int(images), "forward_passes": int(passes),
+                        "mean_batch_size": round(images / passes, 3), "covers_all_queries": images >= queries}
+            time.sleep(1.0)
+        return {"measured": False, "source": self.url, "reason": self.error}
 
 
 @dataclass
@@ -186,7 +299,7 @@ class RemoteClassifier(torch.nn.Module):
     requests; ``project`` (if set) puts the images on the 8-bit grid inside the eps-ball first.
     """
 
-    def __init__(self, engine: HTTPEngine, concurrency: int = 16, deadline: float = math.inf) -> None:
+    def __init__(self, engine: Engine, concurrency: int = 16, deadline: float = math.inf) -> None:
         super().__init__()
         self.engine = engine
         self.pool = ThreadPoolExecutor(max_workers=concurrency)
@@ -205,7 +318,8 @@ class RemoteClassifier(torch.nn.Module):
         self.log.seconds_in_queries += time.perf_counter() - start
         self.log.queries += len(responses)
         for r in responses:
-            self.log.batch_sizes.append(int(r.get("batch_size", 1)))
+            if "batch_size" in r:  # an answer without it says nothing of the batch it was in
+                self.log.batch_sizes.append(int(r["batch_size"]))
             if "suspicion" in r:
                 self.log.suspicion.append(float(r["suspicion"]))
                 self.log.flagged += int(bool(r.get("flagged")))
@@ -317,51 +431,79 @@ class _Answers:
         self.flag[sl] = torch.tensor([bool(r.get("flagged")) for r in responses])
 
 
-def run_redteam(config: RedteamConfig, engine: HTTPEngine, clean: torch.Tensor, labels: torch.Tensor,
+def run_redteam(config: RedteamConfig, engine: Engine, clean: torch.Tensor, labels: torch.Tensor,
                 artifact: str | Path | None = None) -> dict[str, Any]:
     """Attack ``clean`` (uint8 NCHW) through ``engine``; returns the report dict (and the images)."""
     if config.attack not in ATTACKS:
         raise ValueError(f"unknown attack {config.attack!r}; valid: {', '.join(ATTACKS)}")
+    if config.engine not in ENGINES:
+        raise ValueError(f"unknown engine {config.engine!r}; valid: {', '.join(ENGINES)}")
     check_url(config.url, config.allow_remote)
+    counters = None
+    if config.metrics_url:
+        counters = BatchCounters(check_url(config.metrics_url, config.allow_remote), config.engine, config.model)
+        counters.begin()
     start = time.monotonic()
     model = RemoteClassifier(engine, config.concurrency, deadline=start + config.max_seconds)
-    n = len(clean)
-    adv = clean.clone()
-    before, after = _Answers.unanswered(n), _Answers.unanswered(n)
-    queries = torch.zeros(n, dtype=torch.long)
-    done = torch.zeros(n, dtype=torch.bool)
-    stopped = None
+    run = _Run.start(clean)
     try:
-        for s in range(0, n, config.chunk):
-            sl = slice(s, min(s + config.chunk, n))
-            before.record(sl, model.classify(clean[sl]))
-            queries[sl] = 1
-            right = torch.nonzero(before.pred[sl] == labels[sl]).flatten() + s
-            if len(right):
-                adv_right, q = attack_chunk(model, config, clean[right], labels[right])
-                adv[right] = adv_right
-                queries[right] += q
-            # What the server says about the final 8-bit images (the verdict the report uses).
-            after.record(sl, model.classify(adv[sl]))
-            done[sl] = True
-    except BudgetExceeded as exc:
-        stopped = str(exc)
-    except (OSError, RuntimeError) as exc:  # requests' errors are OSErrors; a non-200 answer is a RuntimeError
-        # The server went away or refused: report the images finished so far instead of nothing.
-        stopped = f"the server failed: {exc}"
+        run.attack(model, config, clean, labels)
     finally:
         model.close()
     wall = time.monotonic() - start
-    report = summarise(config, clean, adv, labels, before.pred, after.pred, queries, done, model.log, wall, stopped)
+    report = summarise(config, clean, run.adv, labels, run.before.pred, run.after.pred, run.queries, run.done,
+                       model.log, wall, run.stopped)
+    report["server_batches"] = counters.summary(model.log.queries) if counters is not None else None
     if model.log.suspicion:
-        report["suspicion"] = suspicion_summary(done, before.pred, after.pred, labels, before.susp, after.susp,
-                                                before.flag, after.flag, model.log)
-    if artifact is not None and config.whitebox_steps > 0 and bool(done.any()):
-        idx = torch.nonzero(done).flatten()
+        report["suspicion"] = suspicion_summary(run.done, run.before.pred, run.after.pred, labels, run.before.susp,
+                                                run.after.susp, run.before.flag, run.after.flag, model.log)
+    if artifact is not None and config.whitebox_steps > 0 and bool(run.done.any()):
+        idx = torch.nonzero(run.done).flatten()
         report["whitebox"] = whitebox_apgd(artifact, clean[idx], labels[idx], config)
         report["sanity"] = sanity(report)
-    report["_images"] = {"clean": clean[done], "adv": adv[done], "labels": labels[done]}
+    report["_images"] = {"clean": clean[run.done], "adv": run.adv[run.done], "labels": labels[run.done]}
     return report
+
+
+@dataclass
+class _Run:
+    """A run's state per image: adversarial images, answers before and after, queries, done."""
+
+    adv: torch.Tensor
+    before: _Answers
+    after: _Answers
+    queries: torch.Tensor
+    done: torch.Tensor
+    stopped: str | None = None
+
+    @classmethod
+    def start(cls, clean: torch.Tensor) -> "_Run":
+        n = len(clean)
+        return cls(clean.clone(), _Answers.unanswered(n), _Answers.unanswered(n), torch.zeros(n, dtype=torch.long),
+                   torch.zeros(n, dtype=torch.bool))
+
+    def attack(self, model: RemoteClassifier, config: RedteamConfig, clean: torch.Tensor, labels: torch.Tensor
+               ) -> None:
+        """Chunk by chunk: classify, attack the correct ones, classify the result; stops early on
+        the time budget or a failing server, keeping the chunks finished (``stopped`` says why)."""
+        try:
+            for s in range(0, len(clean), config.chunk):
+                sl = slice(s, min(s + config.chunk, len(clean)))
+                self.before.record(sl, model.classify(clean[sl]))
+                self.queries[sl] = 1
+                right = torch.nonzero(self.before.pred[sl] == labels[sl]).flatten() + s
+                if len(right):
+                    adv_right, q = attack_chunk(model, config, clean[right], labels[right])
+                    self.adv[right] = adv_right
+                    self.queries[right] += q
+                # What the server says about the final 8-bit images (the verdict the report uses).
+                self.after.record(sl, model.classify(self.adv[sl]))
+                self.done[sl] = True
+        except BudgetExceeded as exc:
+            self.stopped = str(exc)
+        except (OSError, RuntimeError) as exc:  # requests' errors are OSErrors; a refused query, a RuntimeError
+            # The server went away or refused: report the images finished so far instead of nothing.
+            self.stopped = f"the server failed: {exc}"
 
 
 def attack_chunk(model: RemoteClassifier, config: RedteamConfig, clean: torch.Tensor, labels: torch.Tensor
@@ -385,7 +527,7 @@ def summarise(config, clean, adv, labels, clean_pred, adv_pred, queries, done, l
     q_success = queries[idx][success].float()
     linf_levels = int((adv[idx].int() - clean[idx].int()).abs().max()) if len(idx) else 0
     report: dict[str, Any] = {
-        "model": config.model, "url": config.url, "attack": config.attack,
+        "model": config.model, "engine": config.engine, "url": config.url, "attack": config.attack,
         "config": asdict(config),
         "n": int(len(idx)), "n_requested": config.n, "stopped_early": stopped,
         "clean_acc": float((cp == y).float().mean()) if len(idx) else None,
@@ -396,7 +538,9 @@ def summarise(config, clean, adv, labels, clean_pred, adv_pred, queries, done, l
         "total_queries": int(log.queries),
         "wall_seconds": round(wall, 2),
         "queries_per_second": round(log.queries / wall, 2) if wall > 0 else None,
+        # Per query: the batch_size of every answer (the server's forward pass it shared).
         "server_mean_batch_size": round(float(np.mean(log.batch_sizes)), 3) if log.batch_sizes else None,
+        "server_batches": None,  # the server's own counters (BatchCounters), with --metrics-url
         "max_linf_levels": linf_levels,  # in 8-bit levels; floor(eps * 255) at most
         "suspicion": None,
     }
@@ -432,6 +576,7 @@ def sanity(report: dict[str, Any]) -> dict[str, Any]:
 
 
 ROWS = (
+    ("engine attacked", "engine", "{}"),
     ("clean accuracy (server)", "clean_acc", "{:.3f}"),
     ("accuracy under attack (black-box, server)", "robust_acc", "{:.3f}"),
     ("white-box APGD-CE accuracy (local artifact)", "whitebox.apgd_acc", "{:.3f}"),
@@ -441,7 +586,8 @@ ROWS = (
     ("queries sent", "total_queries", "{:d}"),
     ("wall time (s)", "wall_seconds", "{:.1f}"),
     ("queries / s", "queries_per_second", "{:.1f}"),
-    ("server mean batch size", "server_mean_batch_size", "{:.2f}"),
+    ("server mean batch size (per query, from its answers)", "server_mean_batch_size", "{:.2f}"),
+    ("server images per forward pass (its metrics)", "server_batches.mean_batch_size", "{:.2f}", "not measured"),
     ("max L-inf of x_adv - x (8-bit levels)", "max_linf_levels", "{:d}"),
     ("queries the server flagged", "suspicion.flagged_queries", "{:d}"),
     ("clean flagged rate", "suspicion.clean_flagged_rate", "{:.3f}"),
@@ -461,11 +607,11 @@ def format_table(reports: Sequence[dict[str, Any]]) -> str:
     """A markdown table, one column per report (model)."""
     head = "| | " + " | ".join(f"{r['model']} ({r['attack']}, {r['n']} images)" for r in reports) + " |"
     lines = [head, "|---|" + "---|" * len(reports)]
-    for label, key, fmt in ROWS:
+    for label, key, fmt, *missing in ROWS:
         cells = []
         for r in reports:
             v = _get(r, key)
-            cells.append("n/a" if v is None else fmt.format(v))
+            cells.append((missing or ["n/a"])[0] if v is None else fmt.format(v))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -478,7 +624,7 @@ def write_report(report: dict[str, Any], out: str | Path, command: str = "") -> 
     report["command"] = command
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     eps_levels = math.floor(report["config"]["eps"] * 255 + 1e-6)
-    md = [f"# Red team: {report['attack']} against `{report['model']}` at {report['url']}", "",
+    md = [f"# Red team: {report['attack']} against `{report['model']}` at {report['url']} ({report['engine']})", "",
           f"L-inf eps = {eps_levels}/255 on the 8-bit grid (PNG), {report['config']['queries']} queries per image, "
           f"{report['n']} CIFAR-10 test images (seed {report['config']['seed']}).", "",
           format_table([report]), ""]

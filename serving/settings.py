@@ -12,6 +12,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
+# Triton's ``topk`` input is INT32, so it cannot carry TorchServe's ``X-TopK: all``: this value
+# asks for the same thing (every class, and the unrounded probability vector). Here because both
+# the server (serving/triton.py) and the torch-free client (serving/client.py) need it.
+TRITON_TOPK_ALL = -1
+
 
 @dataclass
 class Limits:

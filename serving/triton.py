@@ -1,8 +1,9 @@
 """Serve the same artifacts with Triton through PyTriton, with Triton's dynamic batching.
 
 Each model takes one input ``image`` (BYTES: the encoded file, exactly what TorchServe gets
-as a body) and an optional ``topk`` (INT32), and returns ``result`` (BYTES: the same JSON
-that TorchServe answers). Decoding, limits and batching of the forward pass are
+as a body) and an optional ``topk`` (INT32; -1 asks for every class and the probability
+vector, TorchServe's ``X-TopK: all``), and returns ``result`` (BYTES: the same JSON that
+TorchServe answers). Decoding, limits and batching of the forward pass are
 :class:`serving.predictor.Predictor`'s, shared with the TorchServe handler.
 
 Triton fails a whole batch when the Python callable raises, so a bad image does not raise:
@@ -26,8 +27,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from serving.predictor import Predictor, keep_freed_memory
-from serving.settings import Limits, RunOptions
+from serving.predictor import TOPK_ALL, Predictor, RequestError, keep_freed_memory
+from serving.settings import TRITON_TOPK_ALL, Limits, RunOptions
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +62,8 @@ def make_infer_fn(predictor: Predictor) -> Callable[[list], list[dict[str, np.nd
             payloads.extend({"data": _image_bytes(image)} for image in images)
             topks.extend(ks)
             counts.append(len(images))
-        responses = predictor.predict(payloads, topks)
+        checked = [triton_topk(k) for k in topks]
+        responses = predictor.predict(payloads, [k for k, _ in checked], [error for _, error in checked])
         outputs, start = [], 0
         for n in counts:
             rows = [[json.dumps(r).encode("utf-8")] for r in responses[start:start + n]]
@@ -70,6 +72,19 @@ def make_infer_fn(predictor: Predictor) -> Callable[[list], list[dict[str, np.nd
         return outputs
 
     return infer
+
+
+def triton_topk(k: int | None) -> tuple[int | str | None, RequestError | None]:
+    """The INT32 ``topk`` as the predictor takes it, or the 400 it gets: ``(topk, error)``.
+
+    ``TRITON_TOPK_ALL`` (-1) is TorchServe's ``X-TopK: all``; any other value under 1 is refused
+    here, with a message naming -1, because the predictor's own message knows only ``all``."""
+    if k == TRITON_TOPK_ALL:
+        return TOPK_ALL, None
+    if k is not None and k < 1:
+        return None, RequestError(400, f"topk must be at least 1, or {TRITON_TOPK_ALL} for every class "
+                                       f"with the probability vector, got {k}")
+    return k, None
 
 
 def _image_bytes(value: Any) -> bytes:

@@ -41,3 +41,21 @@ def test_base64_and_raw_requests_get_the_same_answer(artifacts):
     assert first["index"] == second["index"] and first["probability"] == second["probability"]
     assert len(second["topk"]) == 3 and first["batch_size"] == 3 - 1  # the bad one is left out of the batch
     assert bad["code"] == 415
+
+
+def test_topk_minus_one_asks_for_every_class_and_other_values_under_one_are_refused(artifacts):
+    """Triton's topk is INT32: -1 stands for TorchServe's ``X-TopK: all``; 0 and -2 are a 400."""
+    from serving.settings import TRITON_TOPK_ALL
+
+    infer = make_infer_fn(Predictor.from_artifact(str(artifacts["clead"]), name="clead"))
+    raw = encode(random_image(seed=6), "PNG")
+    requests = [FakeRequest(image=np.array([[raw]], dtype=np.object_), topk=np.array([[k]], dtype=np.int32))
+                for k in (TRITON_TOPK_ALL, 0, -2, 99)]
+    every, zero, minus_two, clamped = [json.loads(out["result"].reshape(-1)[0]) for out in infer(requests)]
+    assert len(every["topk"]) == 10 and len(every["probabilities"]) == 10
+    assert every["probabilities"][every["index"]] == pytest.approx(every["probability"], abs=1e-6)
+    for refused, k in ((zero, 0), (minus_two, -2)):
+        assert refused["code"] == 400 and refused["type"] == "BadRequest"
+        assert f"got {k}" in refused["message"] and "-1 for every class" in refused["message"]
+    assert len(clamped["topk"]) == 10 and "probabilities" not in clamped  # past the class count: clamped, as TorchServe
+    assert every["batch_size"] == clamped["batch_size"] == 2  # the refused ones are left out of the batch

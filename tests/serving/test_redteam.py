@@ -38,6 +38,14 @@ def test_cli_refuses_a_remote_url_before_sending_anything(capsys):
     assert "--allow-remote" in capsys.readouterr().err
 
 
+def test_cli_refuses_a_remote_triton_or_metrics_url_before_sending_anything(capsys):
+    assert cli_main(["redteam", "--engine", "triton", "--url", "http://10.1.2.3:8000", "--n", "1"]) == 1
+    assert "--allow-remote" in capsys.readouterr().err
+    assert cli_main(["redteam", "--url", "http://127.0.0.1:8080", "--metrics-url", "http://10.1.2.3:8082/metrics",
+                     "--n", "1"]) == 1
+    assert "--allow-remote" in capsys.readouterr().err
+
+
 def test_roc_auc():
     assert roc_auc([0, 1, 2], [3, 4]) == 1.0
     assert roc_auc([3, 4], [0, 1, 2]) == 0.0
@@ -130,6 +138,87 @@ def test_remote_classifier_returns_log_probabilities(artifacts):
     assert model.log.queries == 3
 
 
+class MetricsPage:
+    """A loopback HTTP server answering GET with a Prometheus text page that ``pages`` scripts."""
+
+    def __init__(self, pages: list[str]) -> None:
+        import http.server
+        import threading
+
+        self.pages = list(pages)
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = (outer.pages.pop(0) if len(outer.pages) > 1 else outer.pages[0]).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/metrics"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def triton_page(inferences: int, executions: int) -> str:
+    return ("# HELP nv_inference_count Number of inferences performed\n# TYPE nv_inference_count counter\n"
+            f'nv_inference_count{{model="clead",version="1"}} {inferences}\n'
+            'nv_inference_count{model="baseline",version="1"} 999\n'
+            f'nv_inference_exec_count{{model="clead",version="1"}} {executions}\n'
+            'nv_inference_exec_count{model="baseline",version="1"} 1\n')
+
+
+def torchserve_page(images: int, passes: int) -> str:
+    return (f'CleadBatchSize_sum{{Level="Model",Hostname="h",ModelName="clead"}} {images}\n'
+            f'CleadBatchSize_count{{Level="Model",Hostname="h",ModelName="clead"}} {passes}\n'
+            'CleadBatchSize_sum{Level="Model",Hostname="h",ModelName="clead2"} 500\n')
+
+
+@pytest.mark.parametrize("engine, page", [("triton", triton_page), ("torchserve", torchserve_page)])
+def test_batch_counters_read_the_models_images_per_forward_pass(engine, page):
+    from serving.redteam import BatchCounters
+
+    # Before the run; then (TorchServe's metrics lag) a page that does not cover the queries yet; then all.
+    server = MetricsPage([page(10, 5), page(30, 10), page(50, 15)])
+    try:
+        counters = BatchCounters(server.url, engine, "clead")
+        counters.begin()
+        summary = counters.summary(queries=40, wait_s=20)
+    finally:
+        server.close()
+    assert summary == {"measured": True, "source": server.url, "images": 40, "forward_passes": 10,
+                       "mean_batch_size": 4.0, "covers_all_queries": True}
+
+
+def test_batch_counters_that_cannot_be_read_are_not_measured():
+    from serving.redteam import BatchCounters
+    from serving.torchserve import free_port
+
+    counters = BatchCounters(f"http://127.0.0.1:{free_port()}/metrics", "triton", "clead", timeout=2)
+    counters.begin()
+    summary = counters.summary(queries=10, wait_s=1)
+    assert summary["measured"] is False and "cannot read" in summary["reason"]
+    server = MetricsPage([triton_page(7, 3)])  # never moves: nothing of this model was forwarded
+    try:
+        counters = BatchCounters(server.url, "triton", "clead")
+        counters.begin()
+        summary = counters.summary(queries=10, wait_s=1)
+    finally:
+        server.close()
+    assert summary["measured"] is False and "did not move" in summary["reason"]
+    table = format_table([{"model": "m", "attack": "square", "n": 1, "engine": "triton", "server_batches": summary}])
+    assert "| server images per forward pass (its metrics) | not measured |" in table
+    assert "| engine attacked | triton |" in table
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("attack", ["square", "rays"])
 def test_run_stays_within_its_bounds(artifacts, tmp_path, attack):
@@ -140,8 +229,9 @@ def test_run_stays_within_its_bounds(artifacts, tmp_path, attack):
     labels = torch.tensor([engine.post(png_bytes(img))["index"] for img in clean])  # all clean-correct
     config = RedteamConfig(model="tiny", attack=attack, queries=20, n=6, chunk=4, whitebox_steps=2, concurrency=2)
     report = run_redteam(config, engine, clean, labels, artifact=artifacts["clead"])
-    assert report["n"] == 6 and report["clean_acc"] == 1.0
+    assert report["n"] == 6 and report["clean_acc"] == 1.0 and report["engine"] == "torchserve"
     assert report["robust_acc"] <= report["clean_acc"]
+    assert report["server_batches"] is None  # no --metrics-url: not measured, never guessed
     # Per image: the clean query, at most `queries` attack queries (Square's first included), the final check.
     assert report["total_queries"] <= 6 * (20 + 2)
     assert report["max_linf_levels"] <= 8
@@ -211,6 +301,57 @@ def shipped_server(tmp_path_factory, cifar_root):
     stop_instance(workdir, timeout_s=30)
 
 
+@pytest.fixture(scope="module")
+def shipped_triton(cifar_root):
+    """``clead-serve triton`` with the shipped models, as a user starts it; batches of 8 within 20 ms."""
+    from serving.torchserve import free_port
+    from serving.tritonenv import ensure_env
+    from tests.serving.test_servers import ServerProcess, server_children
+
+    ensure_env()  # one-time venv; done here so the server's own wait below stays short
+    http, metrics = free_port(), free_port()
+    cmd = [sys.executable, "-m", "serving.cli", "triton", "--models-dir", str(SHIPPED), "--http-port", str(http),
+           "--grpc-port", str(free_port()), "--metrics-port", str(metrics), "--max-queue-delay-us", "20000"]
+    server = ServerProcess(cmd, "Triton is ready", timeout_s=240)
+    server.url, server.metrics_url = f"http://127.0.0.1:{http}", f"http://127.0.0.1:{metrics}/metrics"
+    children = server_children(server.proc.pid)
+    yield server
+    server.interrupt()
+    for child in children:  # nothing of it may outlive the test module
+        if child.is_running():
+            child.kill()
+
+
+# What every report carries, whichever engine was attacked (the TorchServe and Triton tests check both).
+REPORT_FIELDS = {"model", "engine", "url", "attack", "config", "n", "n_requested", "stopped_early", "clean_acc",
+                 "robust_acc", "attack_success_rate", "median_queries_to_success", "mean_queries_to_success",
+                 "total_queries", "wall_seconds", "queries_per_second", "server_mean_batch_size", "server_batches",
+                 "max_linf_levels", "suspicion", "command"}
+BUDGET = {"n": 16, "queries": 60, "max_seconds": 400}
+
+
+def redteam_cli(cifar_root: Path, out: Path, model: str, *engine_args: str) -> dict:
+    """``clead-serve redteam`` on ``model`` within BUDGET, as a user runs it; the checked report."""
+    cmd = [sys.executable, "-m", "serving.cli", "redteam", *engine_args, "--model", model,
+           "--n", str(BUDGET["n"]), "--queries", str(BUDGET["queries"]), "--eps", "8/255", "--concurrency", "16",
+           "--chunk", "16", "--whitebox-steps", "0", "--max-seconds", str(BUDGET["max_seconds"]),
+           "--data", str(cifar_root), "--out", str(out)]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert set(report) == REPORT_FIELDS
+    assert report["n"] == BUDGET["n"] and not report["stopped_early"]
+    assert report["total_queries"] <= BUDGET["n"] * (BUDGET["queries"] + 2)
+    assert report["wall_seconds"] < BUDGET["max_seconds"]
+    assert report["server_mean_batch_size"] > 1, "the attack's concurrent queries were not batched"
+    batches = report["server_batches"]
+    assert batches["measured"], batches
+    assert batches["mean_batch_size"] > 1 and batches["images"] >= report["total_queries"], batches
+    assert report["max_linf_levels"] <= 8
+    assert report["suspicion"]["scored_queries"] == report["total_queries"]
+    return report
+
+
 @pytest.mark.server
 @pytest.mark.slow
 @pytest.mark.cifar
@@ -219,25 +360,30 @@ def test_redteam_against_torchserve(shipped_server, cifar_root, tmp_path):
     reports = {}
     for model in ("baseline", "clead"):
         before = flagged_total(shipped_server.metrics_url, model)
-        out = tmp_path / model
-        cmd = [sys.executable, "-m", "serving.cli", "redteam", "--url", shipped_server.url, "--model", model,
-               "--n", "16", "--queries", "60", "--eps", "8/255", "--concurrency", "16", "--chunk", "16",
-               "--whitebox-steps", "0", "--max-seconds", "400", "--data", str(cifar_root),
-               "--key-file", str(shipped_server.workdir / "key_file.json"), "--out", str(out)]
-        done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stderr[-3000:]
-        report = reports[model] = json.loads((out / "report.json").read_text())
-        assert report["n"] == 16 and not report["stopped_early"]
-        assert report["total_queries"] <= 16 * (60 + 2)
-        assert report["wall_seconds"] < 400
-        assert report["server_mean_batch_size"] > 1, "the attack's concurrent queries were not batched"
-        assert report["max_linf_levels"] <= 8
-        assert report["suspicion"]["scored_queries"] == report["total_queries"]
+        report = reports[model] = redteam_cli(
+            cifar_root, tmp_path / model, model, "--url", shipped_server.url,
+            "--metrics-url", shipped_server.metrics_url, "--key-file", str(shipped_server.workdir / "key_file.json"))
+        assert report["engine"] == "torchserve"
         deadline = time.monotonic() + 30  # the frontend writes the worker's metrics as they arrive
         while flagged_total(shipped_server.metrics_url, model) < before + report["suspicion"]["flagged_queries"]:
             assert time.monotonic() < deadline, "SuspicionFlagged on the metrics port did not rise"
             time.sleep(1)
         assert report["suspicion"]["flagged_queries"] > 0
+    assert reports["baseline"]["attack_success_rate"] > reports["clead"]["attack_success_rate"]
+
+
+@pytest.mark.server
+@pytest.mark.slow
+@pytest.mark.cifar
+def test_redteam_against_triton(shipped_triton, cifar_root, tmp_path):
+    """The same run through Triton's KServe v2 HTTP endpoint: bounded, batched (by its answers and
+    by its nv_inference counters), the baseline fooled more often than the hardened model. (A
+    non-loopback --url or --metrics-url is refused before any query: the CLI test above.)"""
+    reports = {}
+    for model in ("baseline", "clead"):
+        report = reports[model] = redteam_cli(cifar_root, tmp_path / model, model, "--engine", "triton",
+                                              "--url", shipped_triton.url, "--metrics-url", shipped_triton.metrics_url)
+        assert report["engine"] == "triton" and report["url"] == shipped_triton.url
     assert reports["baseline"]["attack_success_rate"] > reports["clead"]["attack_success_rate"]
 
 
