@@ -21,7 +21,6 @@ import re
 import subprocess
 import sys
 import sysconfig
-import venv
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
