@@ -297,6 +297,50 @@ def check_fuzz(stack: Stack, cases: int) -> dict:
             "worker_pids_unchanged": stack.worker_pids() == before}
 
 
+@dataclass
+class ClientLoad:
+    """``n`` predictions at ``concurrency`` through the project's own client
+    (``serving.client.TorchServeClient`` with its default ``RetryPolicy``): what a caller that
+    uses it loses to a fault. A prediction counts as lost when the client gives up on it."""
+
+    stack: Stack
+    bodies: list[bytes]
+    n: int
+    concurrency: int = 4
+    model: str = "clead"
+    lost: list[str] = field(default_factory=list)
+    ok: int = 0
+
+    def run(self) -> None:
+        from serving.client import TorchServeClient
+        from serving.torchserve import KEY_FILE
+
+        counter, lock = itertools.count(), threading.Lock()
+
+        def worker() -> None:
+            client = TorchServeClient(f"http://127.0.0.1:{self.stack.port}", key_file=self.stack.workdir / KEY_FILE)
+            while (i := next(counter)) < self.n:
+                try:
+                    client.predict(self.bodies[i % len(self.bodies)], self.model)
+                    outcome = None
+                except Exception as exc:  # noqa: BLE001 - every way of giving up is a loss to count
+                    outcome = type(exc).__name__
+                with lock:
+                    self.ok += outcome is None
+                    self.lost += [outcome] if outcome else []
+
+        threads = [threading.Thread(target=worker, daemon=True) for _ in range(self.concurrency)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(target=self.run, daemon=True)
+        thread.start()
+        return thread
+
+
 class Probe:
     """A fresh connection every 100 ms: when does the service answer again after a kill?"""
 
@@ -326,9 +370,11 @@ class Probe:
 def check_fault(stack: Stack, bodies: list[bytes], what: str, n: int, settle_s: float) -> dict:
     """Kill ``what`` a quarter into a load of ``n`` requests at concurrency 16."""
     load = Load(stack, bodies, n, 16)
+    client_load = ClientLoad(stack, bodies, n // 4)
     probe = Probe(stack)
     lines_before = len(stack.lines)
     thread = load.start()
+    client_thread = client_load.start()
     probe.thread.start()
     while load.done < n // 4 and thread.is_alive():
         time.sleep(0.05)
@@ -341,6 +387,7 @@ def check_fault(stack: Stack, bodies: list[bytes], what: str, n: int, settle_s: 
     killed_at = time.monotonic()
     os.kill(pid, signal.SIGKILL)
     thread.join()
+    client_thread.join()
     deadline = time.monotonic() + settle_s
     while probe.recovery_s(killed_at) is None and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -350,6 +397,7 @@ def check_fault(stack: Stack, bodies: list[bytes], what: str, n: int, settle_s: 
     in_flight_or_later = [r for r in load.results if r.end > killed_at]
     return {"killed": what, "pid": pid, **summary, "lost": summary["requests"] - summary["ok"],
             "requests_after_kill": len(in_flight_or_later), "recovery_s": probe.recovery_s(killed_at),
+            "client": {"requests": client_load.n, "ok": client_load.ok, "lost": dict(Counter(client_load.lost))},
             "supervisor": [line.strip() for line in stack.output_since(lines_before) if "supervisor:" in line]}
 
 
@@ -485,16 +533,21 @@ def _faults(faults: list[dict]) -> list[str]:
         "Each during a load at concurrency 16 (killed a quarter of the way in, SIGKILL), with a probe "
         "(a fresh connection every 100 ms). *Lost*: requests of the load answered with anything but 200, "
         "or failed at the connection (target 0). *Recovery*: from the kill to the first 200 of a probe "
-        "sent after it (target < 10 s).",
+        "sent after it (target < 10 s). *Through the client*: a second load beside it (a quarter as many "
+        "requests, concurrency 4) sent with `serving.client.TorchServeClient` and its default retry policy "
+        "(connection errors, 502, 503 and 507; 5 tries within 20 s): the predictions it gave up on.",
         "",
-        "| killed | requests | answers | lost | recovery s | what happened |",
-        "|---|---|---|---|---|---|",
+        "| killed | requests | answers | lost | through the client: lost / sent | recovery s | what happened |",
+        "|---|---|---|---|---|---|---|",
     ]
     for f in faults:
         rec = f"{f['recovery_s']:.1f}" if f["recovery_s"] is not None else "not within the wait"
         note = "; ".join(f["supervisor"]) or "TorchServe replaced the worker itself; the front retried its batch"
-        lines.append(f"| {f['killed']} | {f['requests']} | {fmt_statuses(f['statuses'])} | {f['lost']} | {rec} | "
-                     f"{note} |")
+        client = f.get("client")
+        via = (f"{sum(client['lost'].values())} / {client['requests']}" + (f" ({fmt_statuses(client['lost'])})"
+               if client["lost"] else "")) if client else "not measured"
+        lines.append(f"| {f['killed']} | {f['requests']} | {fmt_statuses(f['statuses'])} | {f['lost']} | {via} | "
+                     f"{rec} | {note} |")
     return lines
 
 

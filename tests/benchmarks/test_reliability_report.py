@@ -16,7 +16,8 @@ def report(scale: float = 1.0) -> dict:
     fault = {**load_summary({"200": 1500}, 1500, 16), "killed": "model worker", "lost": 0, "recovery_s": 3.2,
              "supervisor": []}
     front = {**load_summary({"200": 1490, "RemoteDisconnected": 10}, 1500, 16), "killed": "front", "lost": 10,
-             "recovery_s": 1.5, "supervisor": ["supervisor: the front exited (killed by SIGKILL); restart 1/5"]}
+             "recovery_s": 1.5, "supervisor": ["supervisor: the front exited (killed by SIGKILL); restart 1/5"],
+             "client": {"requests": 375, "ok": 374, "lost": {"PredictionError": 1}}}
     return {
         "command": "python -m benchmarks.reliability", "date": "2026-12-01 09:00 UTC", "git": "abc1234",
         "machine": "2 CPU cores", "models": ["clead=models/cifar10/clead.pt"], "startup_s": 20.0, "scale": scale,
@@ -42,7 +43,8 @@ def test_the_page_has_every_section_and_number():
                     "## Running under systemd"):
         assert heading in page
     assert "| load | 5000 | 64 | 200: 5000 |" in page and "| worker 1 | 500 | 505 | +1.0% |" in page
-    assert "| front | 1500 | 200: 1490, RemoteDisconnected: 10 | 10 | 1.5 |" in page
+    assert "| front | 1500 | 200: 1490, RemoteDisconnected: 10 | 10 | 1 / 375 (PredictionError: 1) | 1.5 |" in page
+    assert "| model worker | 1500 | 200: 1500 | 0 | not measured | 3.2 |" in page  # a result without the client load
     assert "not within the wait" in page and "Scaled run" not in page
     assert "answers other than 200 or 4xx: 0" in page
 
