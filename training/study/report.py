@@ -168,7 +168,8 @@ def screen_table(rows: list[Row]) -> list[str]:
         val = validation_of(row) or {}
         robust, n = val.get("val_robust_acc"), val.get("val_n")
         half = f"{196 * (robust * (1 - robust) / n) ** 0.5:.1f}" if robust is not None and n else NOT_RUN
-        wall = duration(row.summary["wall_seconds"]) if row.summary else NOT_RUN
+        wall = duration(row.summary["wall_seconds"]) if row.summary else (
+            f"unfinished ({duration(row.history[-1]['wall_seconds'])} so far)" if row.history else NOT_RUN)
         lines.append("| " + " | ".join([row.label, f"`{row.method}`", f"`{row.fit}`" if row.fit else "-", _epochs(row),
                                          pct(val.get("val_clean_acc")), pct(robust), half, str(n or NOT_RUN),
                                          wall]) + " |")
