@@ -494,12 +494,21 @@ def _intro(r: dict) -> list[str]:
         "Everything runs on loopback: `clead-serve up` (front + TorchServe 0.12, token auth on), "
         "started as a user starts it. The load generator (`benchmarks/reliability.py`) sends every "
         "request once and never retries, so a loss counted here is a loss at the public port. "
-        "The machine is shared (other jobs ran beside this one), so the rates are what it gave then.",
+        + _machine_load(r.get("loadavg")),
         "",
         *([f"**Scaled run** (`--scale {r['scale']}`): every request count below is {r['scale']} times the full "
            "run's (load 5,000 at concurrency 64, soak 20,000, faults 1,500 each); the full run is `make reliability`."
            , ""] if r["scale"] != 1 else []),
     ]
+
+
+def _machine_load(loadavg: list[float] | None) -> str:
+    """What else ran on the machine, as far as the load average tells (its rates depend on it)."""
+    if not loadavg:
+        return "The machine may have been shared with other jobs, so the rates are what it gave then."
+    before, after = loadavg[0], loadavg[-1]
+    return (f"The 1-minute load average was {before:.2f} when the run started and {after:.2f} when it ended "
+            f"(a load that the run's own servers raise), so the rates are what this machine gave then.")
 
 
 def _load_held(L: dict, S: dict) -> list[str]:
@@ -682,7 +691,8 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {"command": "python -m benchmarks.reliability" + (f" --scale {s}" if s != 1 else ""),
                     "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "git": git_commit(),
                     "machine": f"{psutil.cpu_count()} CPU cores, {platform.machine()}, Python {platform.python_version()}",
-                    "models": shown, "startup_s": stack.startup_s, "scale": s}
+                    "models": shown, "startup_s": stack.startup_s, "scale": s,
+                    "loadavg": [os.getloadavg()[0]]}  # 1-minute load average before the run (and after it, below)
     try:
         steps = [
             ("load", lambda: check_load(stack, bodies, int(5000 * s), 64)),
@@ -702,6 +712,7 @@ def main(argv: list[str] | None = None) -> int:
         stack.stop()
     report["triton"] = triton_note()
     report["wall_min"] = (time.monotonic() - t0) / 60
+    report["loadavg"] = [report["loadavg"][0], os.getloadavg()[0]]
     args.out.write_text(render(report))
     (args.workdir / "reliability.json").write_text(json.dumps(report, indent=2, default=str))
     print(f"wrote {args.out} ({report['wall_min']:.1f} min)")

@@ -21,7 +21,7 @@ def report(scale: float = 1.0) -> dict:
     return {
         "command": "python -m benchmarks.reliability", "date": "2026-12-01 09:00 UTC", "git": "abc1234",
         "machine": "2 CPU cores", "models": ["clead=models/cifar10/clead.pt"], "startup_s": 20.0, "scale": scale,
-        "wall_min": 9.5, "load": load_summary({"200": 5000}, 5000, 64),
+        "wall_min": 9.5, "loadavg": [0.3, 3.1], "load": load_summary({"200": 5000}, 5000, 64),
         "soak": {**load_summary({"200": 20000}, 20000, 32), "rss_warm_mb": {"front": 25.0, "worker 1": 500.0},
                  "rss_end_mb": {"front": 25.5, "worker 1": 505.0}, "rss_growth_pct": {"front": 2.0, "worker 1": 1.0}},
         "fuzz": {"cases": 300, "statuses": {"200": 40, "400": 200, "415": 50, "413": 10}, "not_200_or_4xx": 0,
@@ -47,6 +47,7 @@ def test_the_page_has_every_section_and_number():
     assert "| model worker | 1500 | 200: 1500 | 0 | not measured | 3.2 |" in page  # a result without the client load
     assert "not within the wait" in page and "Scaled run" not in page
     assert "answers other than 200 or 4xx: 0" in page
+    assert "load average was 0.30 when the run started and 3.10 when it ended" in page
 
 
 def test_a_scaled_run_says_so():
