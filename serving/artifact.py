@@ -14,9 +14,10 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a model is loaded, not by reading the contract
+    import torch
 
 FORMATS = {".pt": "torchscript", ".pt2": "export"}
 
@@ -86,6 +87,8 @@ def load_artifact(
 def load_module(artifact: str | os.PathLike, fmt: str | None, device: str | torch.device = "cpu") -> torch.nn.Module:
     """The model in ``artifact`` (``fmt``: torchscript | export), unverified; TorchScript in eval mode.
     ``training.export.load_artifact`` reads files through this too."""
+    import torch  # here, so that reading the artifact contract (and the CLI's defaults) needs no torch
+
     if fmt == "torchscript":
         with warnings.catch_warnings():
             # torch >= 2.10 flags torch.jit as deprecated; TorchScript is still the artifact

@@ -17,8 +17,14 @@ import signal
 import sys
 from pathlib import Path
 
-# Torch-free: the flags' defaults come from the dataclasses themselves without slowing every command.
-from serving.settings import Limits, RunOptions
+# Torch-free: the flags' defaults come from the dataclasses themselves without slowing every command
+# (tests/serving/test_layout.py checks that importing this module loads no torch).
+from serving.archive import ArchiveConfig
+from serving.settings import Limits, RedteamConfig, RunOptions, TritonServeConfig
+from serving.supervisor import RestartPolicy
+from serving.torchserve import ServerConfig
+
+SERVER, ARCHIVE, TRITON, REDTEAM, RESTART = ServerConfig(), ArchiveConfig(), TritonServeConfig(), RedteamConfig(), RestartPolicy()
 
 DEFAULT_MODELS_DIR = Path("models/cifar10")
 SHIPPED = ("clead", "baseline")
@@ -52,31 +58,31 @@ def add_up_command(sub: argparse._SubParsersAction) -> None:
     up = sub.add_parser("up", help="serve the shipped models with TorchServe in the foreground")
     add_model_args(up)
     up.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="config, logs, key file, model store")
-    up.add_argument("--inference-port", type=int, default=8080,
+    up.add_argument("--inference-port", type=int, default=SERVER.inference_port,
                     help="where clients send predictions (the front's port; TorchServe's own with --no-front)")
-    up.add_argument("--host", default="127.0.0.1",
+    up.add_argument("--host", default=SERVER.public_host,
                     help="address the inference port listens on (0.0.0.0 in a container); TorchServe's "
                          "management and gRPC ports always stay on 127.0.0.1")
-    up.add_argument("--metrics-host", default="127.0.0.1",
+    up.add_argument("--metrics-host", default=SERVER.metrics_host,
                     help="address the metrics port listens on (0.0.0.0 for a Prometheus outside the container)")
-    up.add_argument("--management-port", type=int, default=8081)
-    up.add_argument("--metrics-port", type=int, default=8082)
-    up.add_argument("--grpc-inference-port", type=int, default=7070)
-    up.add_argument("--grpc-management-port", type=int, default=7071)
+    up.add_argument("--management-port", type=int, default=SERVER.management_port)
+    up.add_argument("--metrics-port", type=int, default=SERVER.metrics_port)
+    up.add_argument("--grpc-inference-port", type=int, default=SERVER.grpc_inference_port)
+    up.add_argument("--grpc-management-port", type=int, default=SERVER.grpc_management_port)
     up.add_argument("--no-front", action="store_true",
                     help="let TorchServe listen on --inference-port itself, without the small HTTP front that "
                          "relabels form-encoded images (then curl --data-binary needs a Content-Type header)")
-    up.add_argument("--upstream-port", type=int, default=0,
+    up.add_argument("--upstream-port", type=int, default=SERVER.upstream_port,
                     help="TorchServe's own inference port behind the front, on 127.0.0.1 (default: a free one)")
     up.add_argument("--no-token-auth", action="store_true",
                     help="turn TorchServe token authorization off (all APIs, management included)")
-    up.add_argument("--token-expiration-min", type=int, default=24 * 60)
+    up.add_argument("--token-expiration-min", type=int, default=SERVER.token_expiration_min)
     add_archive_args(up)
-    up.add_argument("--timeout", type=float, default=300, help="seconds to wait for the models to answer")
+    up.add_argument("--timeout", type=float, default=RESTART.ready_timeout_s, help="seconds to wait for the models to answer")
     up.add_argument("--detach", action="store_true", help="return once ready; stop later with `clead-serve stop`")
-    up.add_argument("--max-restarts", type=int, default=5,
+    up.add_argument("--max-restarts", type=int, default=RESTART.max_restarts,
                     help="restarts of a dead front or TorchServe allowed within --restart-window; then exit 1")
-    up.add_argument("--restart-window", type=float, default=600.0, help="seconds")
+    up.add_argument("--restart-window", type=float, default=RESTART.window_s, help="seconds")
     up.set_defaults(func=cmd_up)
 
 
@@ -102,15 +108,15 @@ def add_triton_command(sub: argparse._SubParsersAction) -> None:
     """``triton``: the same models under Triton (PyTriton)."""
     triton = sub.add_parser("triton", help="serve the models with Triton (PyTriton), dynamic batching")
     add_model_args(triton)
-    triton.add_argument("--host", default="127.0.0.1")
-    triton.add_argument("--http-port", type=int, default=8000)
-    triton.add_argument("--grpc-port", type=int, default=8001)
-    triton.add_argument("--metrics-port", type=int, default=8002)
-    triton.add_argument("--max-batch-size", type=int, default=8)
-    triton.add_argument("--max-queue-delay-us", type=int, default=2_000)  # = TritonServeConfig
-    triton.add_argument("--max-restarts", type=int, default=5,
+    triton.add_argument("--host", default=TRITON.host)
+    triton.add_argument("--http-port", type=int, default=TRITON.http_port)
+    triton.add_argument("--grpc-port", type=int, default=TRITON.grpc_port)
+    triton.add_argument("--metrics-port", type=int, default=TRITON.metrics_port)
+    triton.add_argument("--max-batch-size", type=int, default=TRITON.max_batch_size)
+    triton.add_argument("--max-queue-delay-us", type=int, default=TRITON.max_queue_delay_us)
+    triton.add_argument("--max-restarts", type=int, default=RESTART.max_restarts,
                         help="restarts of a Triton that died allowed within --restart-window; then exit 1")
-    triton.add_argument("--restart-window", type=float, default=600.0, help="seconds")
+    triton.add_argument("--restart-window", type=float, default=RESTART.window_s, help="seconds")
     add_limit_args(triton)
     triton.set_defaults(func=cmd_triton)
 
@@ -132,7 +138,7 @@ def add_predict_command(sub: argparse._SubParsersAction) -> None:
 def add_redteam_command(sub: argparse._SubParsersAction) -> None:
     """``redteam``: a bounded black-box attack on a running server, over HTTP."""
     red = sub.add_parser("redteam", help="black-box (query) attack on a running server through its HTTP API")
-    red.add_argument("--engine", choices=("torchserve", "triton"), default="torchserve",
+    red.add_argument("--engine", choices=("torchserve", "triton"), default=REDTEAM.engine,
                      help="what serves --url: TorchServe (clead-serve up) or Triton (clead-serve triton, "
                           "KServe v2 over HTTP)")
     red.add_argument("--url", default=None, help="default http://127.0.0.1:8080 (TorchServe) / :8000 (Triton)")
@@ -140,25 +146,25 @@ def add_redteam_command(sub: argparse._SubParsersAction) -> None:
                      help="the server's Prometheus metrics, e.g. http://127.0.0.1:8082/metrics (clead-serve up) or "
                           ":8002/metrics (clead-serve triton): reports its images per forward pass during the attack; "
                           "not measured without it. Loopback only, as --url")
-    red.add_argument("--model", default="clead")
-    red.add_argument("--attack", default="square", choices=("square", "rays"),
+    red.add_argument("--model", default=REDTEAM.model)
+    red.add_argument("--attack", default=REDTEAM.attack, choices=("square", "rays"),
                      help="square (score-based) or rays (decision-based: labels only); both L-inf")
     red.add_argument("--eps", default="8/255", help="L-inf radius, e.g. 8/255")
-    red.add_argument("--queries", type=int, default=1000, help="query budget per image")
-    red.add_argument("--n", type=int, default=200, help="CIFAR-10 test images attacked")
-    red.add_argument("--seed", type=int, default=0)
-    red.add_argument("--concurrency", type=int, default=16, help="HTTP requests in flight at once")
-    red.add_argument("--chunk", type=int, default=50, help="images attacked together")
-    red.add_argument("--p-init", type=float, default=0.8,
+    red.add_argument("--queries", type=int, default=REDTEAM.queries, help="query budget per image")
+    red.add_argument("--n", type=int, default=REDTEAM.n, help="CIFAR-10 test images attacked")
+    red.add_argument("--seed", type=int, default=REDTEAM.seed)
+    red.add_argument("--concurrency", type=int, default=REDTEAM.concurrency, help="HTTP requests in flight at once")
+    red.add_argument("--chunk", type=int, default=REDTEAM.chunk, help="images attacked together")
+    red.add_argument("--p-init", type=float, default=REDTEAM.p_init,
                      help="Square's initial share of pixels changed (0.8: AutoAttack's setting, and torchattacks' "
                           "default; measured on 18 images x 100 queries of the baseline: 0.05 fooled 22%%, 0.3 and 0.8 44%%, 0.8 in fewer queries)")
-    red.add_argument("--max-seconds", type=float, default=1800, help="wall-time budget of the run")
+    red.add_argument("--max-seconds", type=float, default=REDTEAM.max_seconds, help="wall-time budget of the run")
     red.add_argument("--allow-remote", action="store_true", help="permit a non-loopback --url")
     red.add_argument("--data", type=Path, default=Path("../shared/data/cifar10"), help="folder with test.tar.gz")
     red.add_argument("--artifact", type=Path, default=None,
                      help="local artifact for the white-box APGD comparison (default: --models-dir/<model>.pt)")
     red.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR)
-    red.add_argument("--whitebox-steps", type=int, default=50, help="APGD-CE steps; 0 skips the comparison")
+    red.add_argument("--whitebox-steps", type=int, default=REDTEAM.whitebox_steps, help="APGD-CE steps; 0 skips the comparison")
     red.add_argument("--key", default=None, help="TorchServe inference key (default: read --key-file); Triton has none")
     red.add_argument("--key-file", type=Path, default=DEFAULT_WORKDIR / "key_file.json")
     red.add_argument("--out", type=Path, default=None, help="default runs/redteam-<model>")
@@ -173,9 +179,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_archive_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-batch-delay-ms", type=int, default=2)  # = ArchiveConfig; see the sweep there
-    parser.add_argument("--workers", type=int, default=1, help="worker processes per model")
+    parser.add_argument("--batch-size", type=int, default=ARCHIVE.batch_size)
+    parser.add_argument("--max-batch-delay-ms", type=int, default=ARCHIVE.max_batch_delay_ms)  # see the sweep there
+    parser.add_argument("--workers", type=int, default=ARCHIVE.workers, help="worker processes per model")
     add_limit_args(parser)
 
 

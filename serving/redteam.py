@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from serving.settings import RedteamConfig
 from serving.artifact import metadata_path, read_metadata
 from serving.rays import rays_attack
 
@@ -53,26 +54,6 @@ ENGINES = ("torchserve", "triton")
 
 class BudgetExceeded(RuntimeError):
     """The run's wall-time budget ran out; the images finished so far are still reported."""
-
-
-@dataclass
-class RedteamConfig:
-    url: str = "http://127.0.0.1:8080"  # the inference API: TorchServe's front or TorchServe; Triton's HTTP port
-    model: str = "clead"
-    engine: str = "torchserve"  # what serves `url`: one of ENGINES
-    metrics_url: str | None = None  # the server's Prometheus metrics; None: its batch counters are not read
-    attack: str = "square"
-    eps: float = 8 / 255  # L-inf radius in [0, 1] pixel units; applied on the 8-bit grid
-    queries: int = 1000  # query budget per image
-    n: int = 200  # test images attacked
-    seed: int = 0  # image selection and the attack's randomness
-    concurrency: int = 16  # HTTP requests in flight at once
-    chunk: int = 50  # images attacked together (one chunk's queries per round go out concurrently)
-    max_seconds: float = 1800.0  # wall-time budget of the whole run
-    allow_remote: bool = False  # permit a non-loopback URL
-    timeout: float = 60.0  # seconds per HTTP request
-    p_init: float = 0.8  # Square's initial share of pixels changed (AutoAttack's setting with Square)
-    whitebox_steps: int = 50  # APGD-CE steps of the local white-box comparison; 0 skips it
 
 
 def check_url(url: str, allow_remote: bool) -> str:

@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 from serving.archive import ArchiveConfig, build_archive
-from serving.handler_metrics import write_metrics_config
 
 SERVER_RECORD = "server.json"
 KEY_FILE = "key_file.json"
@@ -202,6 +201,8 @@ class TorchServe:
         (self.workdir / KEY_FILE).unlink(missing_ok=True)
         archives = [build_archive(path, name, self.workdir / "model_store", config=cfg.archive)
                     for name, path in self.models.items()]
+        from serving.handler_metrics import write_metrics_config  # imports the predictor, hence torch
+
         write_metrics_config(self.workdir / METRICS_CONFIG)
         (self.workdir / "config.properties").write_text(cfg.properties(self.workdir / "model_store"))
         return archives

@@ -21,31 +21,15 @@ import logging
 import os
 import signal
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from serving.predictor import TOPK_ALL, Predictor, RequestError, keep_freed_memory
-from serving.settings import TRITON_TOPK_ALL, Limits, RunOptions
+from serving.settings import TRITON_TOPK_ALL, TritonServeConfig
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class TritonServeConfig:
-    host: str = "127.0.0.1"  # every Triton endpoint binds here only
-    http_port: int = 8000
-    grpc_port: int = 8001
-    metrics_port: int = 8002
-    max_batch_size: int = 8  # most images Triton groups into one call
-    # How long Triton waits to fill a batch, microseconds. 2 ms, as TorchServe's window: a
-    # longer one is added to every request's latency at low load (docs/benchmarks.md).
-    max_queue_delay_us: int = 2_000
-    gpu_id: int | None = 0  # used only when CUDA is available
-    limits: Limits = field(default_factory=Limits)
-    options: RunOptions = field(default_factory=RunOptions)
 
 
 def make_infer_fn(predictor: Predictor) -> Callable[[list], list[dict[str, np.ndarray]]]:

@@ -130,3 +130,19 @@ def test_one_table_of_error_types():
     for code in (400, 413, 415):
         assert RequestError(code, "m").to_json("clead")["type"] == ERROR_TYPES[code]
     assert RequestError(418, "m").to_json("clead")["type"] == "Error"
+
+
+def test_the_cli_reads_its_defaults_from_the_dataclasses_without_loading_torch():
+    """``clead-serve`` takes every server, archive, Triton, red-team and restart default from its
+    dataclass; importing those (and the CLI) must not cost a torch import on every command."""
+    code = ("import sys, serving.cli as c; "
+            "assert not any(m == 'torch' or m.startswith('torch.') for m in sys.modules), 'torch was imported'; "
+            "p = c.build_parser(); sub = next(a for a in p._actions if a.__class__.__name__ == '_SubParsersAction'); "
+            "d = lambda cmd, dest: next(x.default for x in sub.choices[cmd]._actions if x.dest == dest); "
+            "assert d('up', 'inference_port') == c.ServerConfig().inference_port; "
+            "assert d('up', 'batch_size') == c.ArchiveConfig().batch_size; "
+            "assert d('triton', 'max_queue_delay_us') == c.TritonServeConfig().max_queue_delay_us; "
+            "assert d('redteam', 'queries') == c.RedteamConfig().queries; "
+            "assert d('up', 'restart_window') == c.RestartPolicy().window_s; print('ok')")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
