@@ -33,7 +33,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from serving.archive import ArchiveConfig, build_archive
 
@@ -130,10 +130,17 @@ class ServerConfig:
         return "".join(f"{k}={v}\n" for k, v in props.items())
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+def free_port(host: str = "127.0.0.1", avoid: Iterable[int] = ()) -> int:
+    """A port free on ``host`` now, other than those in ``avoid`` (ports already chosen for
+    something that has not bound them yet: the kernel may hand the same one out again)."""
+    avoid = set(avoid)
+    for _ in range(100):
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            port = sock.getsockname()[1]
+        if port not in avoid:
+            return port
+    raise ServerError(f"no free port on {host} outside {sorted(avoid)}")
 
 
 def port_in_use(host: str, port: int) -> bool:
@@ -172,7 +179,8 @@ class TorchServe:
         self.models = {name: Path(path) for name, path in models.items()}
         config = config or ServerConfig()
         if config.front and not config.upstream_port:
-            config = replace(config, upstream_port=free_port(config.host))
+            # Not one of the ports the config already names (they are not bound yet either).
+            config = replace(config, upstream_port=free_port(config.host, avoid=config.ports()))
         self.config = config
         self.workdir = Path(self.config.workdir).resolve()
         self.process: subprocess.Popen | None = None

@@ -144,3 +144,29 @@ def test_host_flags_open_only_inference_and_metrics(tmp_path, monkeypatch):
     bare = ServerConfig(workdir=tmp_path, front=False, public_host="0.0.0.0")
     assert dict(line.split("=", 1) for line in bare.properties(tmp_path).splitlines())[
         "inference_address"] == "http://0.0.0.0:8080"
+
+
+def test_the_upstream_port_is_never_one_the_config_already_names(monkeypatch):
+    """The front's upstream port is picked at start; a port the kernel hands out twice (gRPC's,
+    chosen earlier and not bound yet) must not be picked again, or TorchServe cannot bind both."""
+    import serving.torchserve as ts
+
+    taken = ts.ServerConfig(grpc_inference_port=51193)
+    handed_out = iter([51193, 51193, 52001])
+
+    class FakeSocket:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def bind(self, address):
+            self.port = next(handed_out)
+
+        def getsockname(self):
+            return ("127.0.0.1", self.port)
+
+    monkeypatch.setattr(ts.socket, "socket", FakeSocket)
+    server = ts.TorchServe({}, taken)
+    assert server.config.upstream_port == 52001
