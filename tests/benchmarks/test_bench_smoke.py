@@ -92,3 +92,12 @@ def test_eval_layouts_measures_every_variant_of_one_artifact(tmp_path):
     result = measure(str(path), batch=4, rounds=1, warmup=1)
     assert set(result) == set(VARIANTS)
     assert all(r["fwd"] > 0 and r["fwd+bwd"] > 0 for r in result.values())
+
+
+def test_train_layouts_times_both_layouts_and_prints_a_row_per_width(capsys):
+    from benchmarks.train_layouts import main, measure
+
+    times = measure(0.25, batch=4, rounds=1)
+    assert set(times) == {"NCHW", "channels_last"} and all(t > 0 for t in times.values())
+    assert main(["--widths", "0.25", "--batch", "4", "--rounds", "1"]) == 0
+    assert "| 0.25 |" in capsys.readouterr().out
