@@ -1,7 +1,7 @@
 """``clead-train``: train (``fit``), export and evaluate robust classifiers, make fixed ``views``, ``report`` the study.
 
 The command lines of the library: each subcommand is a module here with ``add_arguments``
-and ``run`` (``fit``, ``evaluate``, ``export``, ``views``, ``suspicion``), or the study's
+and ``run`` (``fit``, ``evaluate``, ``export``, ``views``, ``suspicion``, ``pause``), or the study's
 (``training.study``). They parse arguments, build the library's config dataclasses and call
 the library, which never sees argparse.
 """
@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from training.cli import evaluate, export, fit, suspicion, views
+    from training.cli import evaluate, export, fit, pause, suspicion, views
     from training.study import report, run
 
     parser = argparse.ArgumentParser(prog="clead-train", description=__doc__.splitlines()[0])
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("suspicion", suspicion, "add the suspicion score to artifacts (augment) and measure it (eval)"),
         ("study", run, "train, select, export and evaluate every row of the study spec (docs/study.yaml)"),
         ("report", report, "write the robustness study (docs/robustness.md) from finished runs and reports"),
+        ("pause", pause, "stop a running fit or eval while a command runs, keeping the pause out of its wall time"),
     ):
         p = sub.add_parser(name, help=help_text, description=help_text)
         module.add_arguments(p)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from training.checkpoint import BEST, LAST, model_from_checkpoint, resolve_checkpoint
 from training.export import FORMATS, export_artifact
+from training.pauses import net_wall_seconds, paused_seconds
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
         info = json.loads(summary.read_text())
         meta["training"] = {k: info.get(k) for k in ("command", "wall_seconds", "hardware", "epochs_run",
                                                      "best_epoch", "train_images", "git_commit")}
+        # The cost of the run: its clock without the pauses `clead-train pause` recorded.
+        meta["training"]["paused_seconds"] = paused_seconds(ckpt.parent)
+        meta["training"]["wall_seconds"] = net_wall_seconds(ckpt.parent, info.get("wall_seconds"))
     size = tuple(int(s) for s in (3, state["config"]["data"]["image_size"], state["config"]["data"]["image_size"]))
     path = export_artifact(model, out, meta, input_size=size, fmt=args.format)
     print(f"exported {ckpt} (epoch {state['epoch']}) -> {path} and {path.with_suffix('.json')}", file=sys.stderr)

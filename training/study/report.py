@@ -33,6 +33,7 @@ from typing import Optional
 
 from training.config import parse_eps
 from training.evaluation.report import plot_accuracy_vs_eps
+from training.pauses import LEDGER
 from training.study.checks import TOL, Finding, cross_attack_checks, report_checks
 from training.study.measures import COLUMNS, NOT_RUN, attack_of, clean_of, duration, pct
 from training.study.spec import ROLES, Row, Targets, Verdict, load_row, load_spec, parse_row, validation_of
@@ -60,12 +61,21 @@ def main_table(rows: list[Row], eps: float) -> list[str]:
         cells = [attack_of(row, c, eps) for c, _ in COLUMNS]
         attack_n = sorted({m.n for m in cells if m})
         images = f"{clean.n} / {', '.join(map(str, attack_n)) or '-'}" if clean else NOT_RUN
-        wall = duration(row.summary["wall_seconds"]) if row.summary else (
-            f"unfinished ({duration(row.history[-1]['wall_seconds'])} so far)" if row.history else NOT_RUN)
+        wall = wall_cell(row)
         hardware = (row.summary or row.info).get("hardware") or NOT_RUN
         lines.append("| " + " | ".join([f"{row.label} (`{row.method}`)", pct(clean), *map(pct, cells), images, wall,
                                          _epochs(row), hardware]) + " |")
     return lines
+
+
+def wall_cell(row: Row) -> str:
+    """The training wall time (net of recorded pauses, which are named), or how far it got."""
+    wall = row.wall_seconds
+    if wall is None:
+        return NOT_RUN
+    text = duration(wall) if row.summary else f"unfinished ({duration(wall)} so far)"
+    paused = row.paused_seconds
+    return text + (f" (+ {duration(paused)} paused, `{row.show(row.run / LEDGER)}`)" if paused else "")
 
 
 def options_of(row: Row) -> dict:
@@ -168,8 +178,7 @@ def screen_table(rows: list[Row]) -> list[str]:
         val = validation_of(row) or {}
         robust, n = val.get("val_robust_acc"), val.get("val_n")
         half = f"{196 * (robust * (1 - robust) / n) ** 0.5:.1f}" if robust is not None and n else NOT_RUN
-        wall = duration(row.summary["wall_seconds"]) if row.summary else (
-            f"unfinished ({duration(row.history[-1]['wall_seconds'])} so far)" if row.history else NOT_RUN)
+        wall = wall_cell(row)
         lines.append("| " + " | ".join([row.label, f"`{row.method}`", f"`{row.fit}`" if row.fit else "-", _epochs(row),
                                          pct(val.get("val_clean_acc")), pct(robust), half, str(n or NOT_RUN),
                                          wall]) + " |")

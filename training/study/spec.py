@@ -124,6 +124,21 @@ class Row:
             return f"{self.name} (= `{Path(os.readlink(self.run)).name}`)"
         return self.name
 
+    @property
+    def paused_seconds(self) -> float:
+        """Pauses recorded with ``clead-train pause`` (``training.pauses``), not part of the cost."""
+        from training.pauses import paused_seconds
+
+        return paused_seconds(self.run) if self.run is not None and self.run.is_dir() else 0.0
+
+    @property
+    def wall_seconds(self) -> Optional[float]:
+        """The training wall time net of recorded pauses: of the finished run, else of the epochs
+        logged so far (``None`` when nothing ran)."""
+        logged = self.summary or (self.history[-1] if self.history else {})
+        wall = logged.get("wall_seconds")
+        return None if wall is None else wall - self.paused_seconds
+
     def show(self, path: Optional[Path]) -> str:
         """``path`` as the spec wrote it (relative to the root), for the document."""
         if path is None:

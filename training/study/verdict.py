@@ -179,7 +179,7 @@ def _interim(candidate: _Side, base: _Side, eps: float) -> tuple[str, str]:
 
 
 def _cost(candidate: Row, base: Row) -> str:
-    a, b = (r.summary.get("wall_seconds") if r.summary else None for r in (candidate, base))
+    a, b = (r.wall_seconds if r.summary else None for r in (candidate, base))
     if not a or not b:
         return "training wall time: not comparable (a run is unfinished)"
     text = f"training wall time {a / b:.2f}x ({duration(a)} vs {duration(b)})"

@@ -337,3 +337,13 @@ def test_a_screening_spec_ranks_its_rows_on_validation_and_takes_the_selected_we
     assert ranking.index("| averaged |") < ranking.index("| plain |")  # 30% (the average) before 25%
     assert "| averaged | `pgd-at` | `--ema-decay 0.99` | 2/2 (best 2) | 45.00 | 30.00 | 4.0 | 500 |" in md
     assert "| plain | `pgd-at` | - | 2/2 (best 2) | 42.00 | 25.00 | 3.8 | 500 |" in md
+
+
+def test_recorded_pauses_are_not_training_time(tmp_path):
+    spec = main_rows(tmp_path)
+    ledger = tmp_path / "runs" / "cifar10-clead" / "pauses.jsonl"  # as `clead-train pause` writes it
+    ledger.write_text('{"started": "2026-12-01T10:00:00+00:00", "seconds": 1800.0, "pids": [1], "why": "make test"}\n'
+                      '{"started": "2026-12-01T11:00:00+00:00", "seconds": 1800.0, "pids": [1], "why": "--seconds 1800"}\n')
+    md, _, _ = build_study(spec, tmp_path)
+    assert table_row(md, "C-LEAD (`clead`)")[9] == "1.00 h (+ 1.00 h paused, `runs/cifar10-clead/pauses.jsonl`)"
+    assert "training wall time 1.00x (1.00 h vs 1.00 h)" in md  # 7200 s on the clock, 3600 s of them paused
