@@ -162,7 +162,7 @@ def triton_client(script):
     from serving.client import TritonClient
 
     client = object.__new__(TritonClient)
-    client.client, client._server_error, client.retry = FakeTriton(script), FakeServerError, FAST
+    client.client, client._server_error, client.retry, client.answered = FakeTriton(script), FakeServerError, FAST, set()
     return client
 
 
@@ -189,11 +189,21 @@ def test_triton_client_never_retries_a_4xx():
 def test_triton_client_rides_out_a_triton_restart():
     """What a SIGKILLed Triton answers while `clead-serve triton` restarts it: the answer in flight
     cut off (geventhttpclient raises an http.client.HTTPException, not an OSError), refused
-    connections, then 404 for the models PyTriton has not loaded yet."""
+    connections, 404 while the new Triton knows no model yet, then 404 while PyTriton loads it."""
+    unknown = FakeServerError("404", "Request for unknown model: 'clead' is not found")
     loading = FakeServerError("404", "Request for unknown model: 'clead' has no available versions")
-    client = triton_client([ConnectionClosed("connection closed."), ConnectionRefusedError(111, "refused"),
-                            loading, loading])
-    assert infer(client) == "result" and client.client.calls == 5
+    client = triton_client([])
+    client.retry = RetryPolicy(attempts=12, backoff_s=0.01, max_backoff_s=0.05, deadline_s=5)
+    assert infer(client) == "result"  # answered once: a later 404 for it is a restart, not a wrong name
+    client.client.script = [ConnectionClosed("connection closed."), ConnectionRefusedError(111, "refused"),
+                            unknown, loading, loading]
+    assert infer(client) == "result" and client.client.calls == 1 + 6
+
+
+def test_a_new_triton_client_retries_a_model_being_loaded_only():
+    loading = FakeServerError("404", "Request for unknown model: 'clead' has no available versions")
+    client = triton_client([loading])
+    assert infer(client) == "result" and client.client.calls == 2
 
 
 def test_triton_client_default_retries_span_a_restart():
