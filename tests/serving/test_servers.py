@@ -471,6 +471,13 @@ def v2_predicts(url: str, image: bytes) -> bool:
         return False
 
 
+def alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def tritonservers(server) -> list[psutil.Process]:
     """The server binary PyTriton runs, among the descendants of `clead-serve triton`."""
     return [c for c in server_children(server.proc.pid) if c.name() == "tritonserver"]
@@ -486,6 +493,7 @@ def test_a_killed_tritonserver_is_restarted_and_the_client_loses_nothing(triton,
         paths[-1].write_bytes(data)
     old = tritonservers(triton)
     assert len(old) == 1, server_children(triton.proc.pid)
+    stubs = old[0].children(recursive=True)  # Python-backend stubs and theirs: none may outlive the restart
     cmd = [sys.executable, "-m", "serving.cli", "predict", "--engine", "triton", "--url", triton.url, "--json",
            *map(str, paths * 15)]
     clients = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -521,6 +529,8 @@ def test_a_killed_tritonserver_is_restarted_and_the_client_loses_nothing(triton,
     assert triton.proc.poll() is None and "supervisor: Triton died" in triton.output(200), triton.output()
     new = tritonservers(triton)
     assert len(new) == 1 and new[0].pid != old[0].pid
+    left = [p for p in stubs if alive(p)]
+    assert not left, f"the dead Triton's processes outlived its restart: {left}"
     triton.children = server_children(triton.proc.pid)  # the restarted ones, for the Ctrl-C test and the finalizer
 
 
