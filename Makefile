@@ -59,9 +59,10 @@ demo: $(STAMP)
 bench: $(STAMP) system-deps
 	$(BIN)/python -m benchmarks.run
 
-# The real stack on loopback under load, faults (worker, front, TorchServe killed), slow clients,
-# overload and hostile images; writes docs/reliability.md (about 10 minutes on 2 cores).
-# RELIABILITY_ARGS=--scale 0.1 for a quick look.
+# The real stack on loopback under load, faults (worker, front, TorchServe killed; then Triton's
+# tritonserver, where a Triton environment exists), slow clients, overload and hostile images;
+# writes docs/reliability.md (about 10 minutes on 2 cores).
+# RELIABILITY_ARGS=--scale 0.1 for a quick look, --engines triton for the Triton kill alone.
 RELIABILITY_ARGS ?=
 reliability: $(STAMP) system-deps
 	$(BIN)/python -m benchmarks.reliability --out docs/reliability.md $(RELIABILITY_ARGS)

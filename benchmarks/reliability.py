@@ -1,7 +1,7 @@
 """``make reliability``: the real stack on loopback, under load, faults and hostile clients;
 writes ``docs/reliability.md`` with every number it measured.
 
-    python -m benchmarks.reliability [--out docs/reliability.md] [--scale 1.0]
+    python -m benchmarks.reliability [--out docs/reliability.md] [--scale 1.0] [--engines torchserve,triton]
 
 One ``clead-serve up`` (front + TorchServe, the shipped models unless ``--model``) is started
 the way a user starts it, then, in order:
@@ -16,7 +16,10 @@ the way a user starts it, then, in order:
    connection error) and recovery time (the kill to the first 200 of a probe sent after it);
 5. slow clients (connections stalled in their headers or body) beside normal traffic;
 6. overload: concurrency above the front's ``max_inflight``, and more connections than
-   ``max_connections``.
+   ``max_connections``;
+7. once it is stopped, ``clead-serve triton`` with the same models: the fault check of 4. with
+   its ``tritonserver`` SIGKILLed (``benchmarks/reliability_triton.py``); "not run", with the
+   reason, where there is no Triton environment.
 
 The load generator does not retry (each request is sent once): a loss here is a loss at the
 public port, whatever a retrying client (``serving.client``) would have hidden.
@@ -40,7 +43,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Protocol
 
 import numpy as np
 import psutil
@@ -135,8 +138,9 @@ class Stack:
                 out[name] = float("nan")
         return out
 
-    def output_since(self, n: int) -> list[str]:
-        return self.lines[n:]
+    def events_since(self, n: int) -> list[str]:
+        """What ``up``'s supervisor logged (deaths, restarts) since line ``n`` of the output."""
+        return [line.strip() for line in self.lines[n:] if "supervisor:" in line]
 
     def stop(self) -> None:
         from serving.torchserve import stop_instance
@@ -159,45 +163,73 @@ class Result:
     retry_after: str | None = None
 
 
-@dataclass
-class Load:
-    """A closed-loop load of ``n`` predictions at ``concurrency``; one connection per thread,
-    reopened after any error; never retried."""
+class Answer(NamedTuple):
+    status: int | str  # 200 only for a prediction
+    retry_after: str | None = None
+    will_close: bool = False  # the server closes the connection after this answer
 
-    stack: Stack
-    bodies: list[bytes]
-    n: int
-    concurrency: int
-    model: str = "clead"
-    timeout_s: float = 60.0
-    results: list[Result] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
-        self.counter = itertools.count()
-        self.done = 0
+class Prediction(Protocol):
+    """How one engine is sent one prediction at its public port, once (never retried)."""
+
+    port: int
+
+    def send(self, conn: http.client.HTTPConnection, image: bytes) -> Answer: ...
+
+
+class TorchServePrediction:
+    """``POST /predictions/<model>`` at the front, the image as the body, with the inference key."""
+
+    def __init__(self, stack: Stack, model: str = "clead") -> None:
+        self.stack, self.model, self.port = stack, model, stack.port
         self.key_cache = (0.0, "")
 
-    def headers(self) -> dict[str, str]:
+    def key(self) -> str:
         # A real client re-reads the key file (TorchServe writes new keys when it restarts);
         # at most twice a second here, to keep the generator cheap.
         at, key = self.key_cache
         if time.monotonic() - at > 0.5:
             key = self.stack.key()
             self.key_cache = (time.monotonic(), key)
-        return {"Content-Type": "application/octet-stream", "Authorization": f"Bearer {key}"}
+        return key
+
+    def send(self, conn: http.client.HTTPConnection, image: bytes) -> Answer:
+        conn.request("POST", f"/predictions/{self.model}", image,
+                     {"Content-Type": "application/octet-stream", "Authorization": f"Bearer {self.key()}"})
+        resp = conn.getresponse()
+        resp.read()
+        return Answer(resp.status, resp.getheader("Retry-After"), resp.will_close)
+
+
+@dataclass
+class Load:
+    """A closed-loop load of ``n`` predictions at ``concurrency``; one connection per thread,
+    reopened after any error; never retried. With ``pause_after_failure_s``, a thread whose
+    request failed waits that long before its next one (a new request, not a retry), so that an
+    engine that refuses connections for a while does not use up the whole load in no time."""
+
+    request: Prediction
+    bodies: list[bytes]
+    n: int
+    concurrency: int
+    timeout_s: float = 60.0
+    pause_after_failure_s: float = 0.0
+    results: list[Result] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.counter = itertools.count()
+        self.done = 0
 
     def worker(self) -> None:
         conn = None
         while (i := next(self.counter)) < self.n:
             if conn is None:
-                conn = http.client.HTTPConnection("127.0.0.1", self.stack.port, timeout=self.timeout_s)
+                conn = http.client.HTTPConnection("127.0.0.1", self.request.port, timeout=self.timeout_s)
             t0 = time.monotonic()
             try:
-                conn.request("POST", f"/predictions/{self.model}", self.bodies[i % len(self.bodies)], self.headers())
-                resp = conn.getresponse()
-                resp.read()
-                result = Result(t0, time.monotonic(), resp.status, resp.getheader("Retry-After"))
-                if resp.will_close:
+                answer = self.request.send(conn, self.bodies[i % len(self.bodies)])
+                result = Result(t0, time.monotonic(), answer.status, answer.retry_after)
+                if answer.will_close:
                     conn.close()
                     conn = None
             except (OSError, http.client.HTTPException) as exc:
@@ -206,6 +238,8 @@ class Load:
                 conn = None
             self.results.append(result)
             self.done += 1
+            if result.status != 200 and self.pause_after_failure_s:
+                time.sleep(self.pause_after_failure_s)
         if conn is not None:
             conn.close()
 
@@ -249,12 +283,12 @@ def images(n: int) -> list[bytes]:
 
 # -- the checks -----------------------------------------------------------------------------
 def check_load(stack: Stack, bodies: list[bytes], n: int, concurrency: int) -> dict:
-    Load(stack, bodies, min(n, 200), concurrency).run()  # warm-up
-    return Load(stack, bodies, n, concurrency).run().summary()
+    Load(TorchServePrediction(stack), bodies, min(n, 200), concurrency).run()  # warm-up
+    return Load(TorchServePrediction(stack), bodies, n, concurrency).run().summary()
 
 
 def check_soak(stack: Stack, bodies: list[bytes], n: int, concurrency: int) -> dict:
-    load = Load(stack, bodies, n, concurrency)
+    load = Load(TorchServePrediction(stack), bodies, n, concurrency)
     thread = load.start()
     while load.done < n // 10 and thread.is_alive():
         time.sleep(0.2)
@@ -272,6 +306,7 @@ def check_fuzz(stack: Stack, cases: int) -> dict:
 
     before = stack.worker_pids()
     statuses: Counter = Counter()
+    request = TorchServePrediction(stack)
     conn = http.client.HTTPConnection("127.0.0.1", stack.port, timeout=60)
 
     @settings(max_examples=cases, deadline=None, database=None, suppress_health_check=list(HealthCheck))
@@ -279,12 +314,9 @@ def check_fuzz(stack: Stack, cases: int) -> dict:
     def one(data: bytes) -> None:
         nonlocal conn
         try:
-            conn.request("POST", "/predictions/clead", data, {"Content-Type": "application/octet-stream",
-                                                              "Authorization": f"Bearer {stack.key()}"})
-            resp = conn.getresponse()
-            resp.read()
-            statuses[str(resp.status)] += 1
-            if resp.will_close:
+            answer = request.send(conn, data)
+            statuses[str(answer.status)] += 1
+            if answer.will_close:
                 conn.close()
                 conn = http.client.HTTPConnection("127.0.0.1", stack.port, timeout=60)
         except (OSError, http.client.HTTPException) as exc:
@@ -299,35 +331,31 @@ def check_fuzz(stack: Stack, cases: int) -> dict:
 
 @dataclass
 class ClientLoad:
-    """``n`` predictions at ``concurrency`` through the project's own client
-    (``serving.client.TorchServeClient`` with its default ``RetryPolicy``): what a caller that
-    uses it loses to a fault. A prediction counts as lost when the client gives up on it."""
+    """``n`` predictions at ``concurrency`` through one of the project's own clients
+    (``serving.client``, with its default retry policy): what a caller that uses it loses to a
+    fault. A prediction counts as lost when the client gives up on it. ``make_client`` makes
+    one client per thread (``TorchServeClient`` or ``TritonClient``)."""
 
-    stack: Stack
+    make_client: Callable[[], Any]
     bodies: list[bytes]
     n: int
     concurrency: int = 4
     model: str = "clead"
-    lost: list[str] = field(default_factory=list)
-    ok: int = 0
+    results: list[Result] = field(default_factory=list)  # status: 200, or the name of what was raised
 
     def run(self) -> None:
-        from serving.client import TorchServeClient
-        from serving.torchserve import KEY_FILE
-
-        counter, lock = itertools.count(), threading.Lock()
+        counter = itertools.count()
 
         def worker() -> None:
-            client = TorchServeClient(f"http://127.0.0.1:{self.stack.port}", key_file=self.stack.workdir / KEY_FILE)
+            client = self.make_client()
             while (i := next(counter)) < self.n:
+                t0 = time.monotonic()
                 try:
                     client.predict(self.bodies[i % len(self.bodies)], self.model)
-                    outcome = None
+                    outcome: int | str = 200
                 except Exception as exc:  # noqa: BLE001 - every way of giving up is a loss to count
                     outcome = type(exc).__name__
-                with lock:
-                    self.ok += outcome is None
-                    self.lost += [outcome] if outcome else []
+                self.results.append(Result(t0, time.monotonic(), outcome))
 
         threads = [threading.Thread(target=worker, daemon=True) for _ in range(self.concurrency)]
         for t in threads:
@@ -340,26 +368,40 @@ class ClientLoad:
         thread.start()
         return thread
 
+    def summary(self, killed_at: float) -> dict:
+        lost = Counter(str(r.status) for r in self.results if r.status != 200)
+        if len(self.results) < self.n:  # a client load in another process that died or never answered
+            lost["no result"] = self.n - len(self.results)
+        return {"requests": self.n, "ok": sum(r.status == 200 for r in self.results), "lost": dict(lost),
+                "ended_after_kill": sum(r.end > killed_at for r in self.results)}
+
+
+def torchserve_client_load(stack: Stack, bodies: list[bytes], n: int) -> ClientLoad:
+    from serving.client import TorchServeClient
+    from serving.torchserve import KEY_FILE
+
+    url, key_file = f"http://127.0.0.1:{stack.port}", stack.workdir / KEY_FILE
+    return ClientLoad(lambda: TorchServeClient(url, key_file=key_file), bodies, n)
+
 
 class Probe:
     """A fresh connection every 100 ms: when does the service answer again after a kill?"""
 
-    def __init__(self, stack: Stack) -> None:
-        self.stack, self.results, self.stop = stack, [], threading.Event()
+    def __init__(self, request: Prediction) -> None:
+        self.request, self.results, self.stop = request, [], threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
         self.body = images(1)[0]
 
     def run(self) -> None:
         while not self.stop.wait(0.1):
             t0 = time.monotonic()
+            conn = http.client.HTTPConnection("127.0.0.1", self.request.port, timeout=30)
             try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.stack.port, timeout=30)
-                conn.request("POST", "/predictions/clead", self.body, {
-                    "Content-Type": "application/octet-stream", "Authorization": f"Bearer {self.stack.key()}"})
-                status = conn.getresponse().status
-                conn.close()
+                status = self.request.send(conn, self.body).status
             except (OSError, http.client.HTTPException) as exc:
                 status = type(exc).__name__
+            finally:
+                conn.close()
             self.results.append(Result(t0, time.monotonic(), status))
 
     def recovery_s(self, killed_at: float) -> float | None:
@@ -367,23 +409,35 @@ class Probe:
         return min(after) - killed_at if after else None
 
 
-def check_fault(stack: Stack, bodies: list[bytes], what: str, n: int, settle_s: float) -> dict:
-    """Kill ``what`` a quarter into a load of ``n`` requests at concurrency 16."""
-    load = Load(stack, bodies, n, 16)
-    client_load = ClientLoad(stack, bodies, n // 4)
-    probe = Probe(stack)
-    lines_before = len(stack.lines)
+class Server(Protocol):
+    """What ``check_fault`` reads of the server it hurts: its output, and what it logged about the kill."""
+
+    lines: list[str]
+
+    def events_since(self, n: int) -> list[str]: ...
+
+
+# A failed request of a fault's load makes its thread wait this long before the next one: an
+# engine that refuses connections while it restarts (Triton; nothing holds its port) would
+# otherwise use up the rest of the load in refused connections before it is back.
+FAULT_PAUSE_S = 0.5
+
+
+def check_fault(server: Server, request: Prediction, client_load: ClientLoad, what: str,
+                pid_of: Callable[[], int | None], bodies: list[bytes], n: int, settle_s: float) -> dict:
+    """SIGKILL the process ``pid_of()`` (``what``) a quarter into a load of ``n`` requests at
+    concurrency 16, with ``client_load`` beside it and a probe every 100 ms."""
+    load = Load(request, bodies, n, 16, pause_after_failure_s=FAULT_PAUSE_S)
+    probe = Probe(request)
+    lines_before = len(server.lines)
+    client_thread = client_load.start()  # first: a client load in another process returns once it is going
     thread = load.start()
-    client_thread = client_load.start()
     probe.thread.start()
     while load.done < n // 4 and thread.is_alive():
         time.sleep(0.05)
-    if what == "model worker":
-        pid = stack.worker_pids()[0]
-    elif what == "front":
-        pid = stack.record()["front_pid"]
-    else:
-        pid = stack.java_pid()
+    pid = pid_of()
+    if pid is None:
+        raise RuntimeError(f"no {what} process to kill")
     killed_at = time.monotonic()
     os.kill(pid, signal.SIGKILL)
     thread.join()
@@ -397,12 +451,19 @@ def check_fault(stack: Stack, bodies: list[bytes], what: str, n: int, settle_s: 
     in_flight_or_later = [r for r in load.results if r.end > killed_at]
     return {"killed": what, "pid": pid, **summary, "lost": summary["requests"] - summary["ok"],
             "requests_after_kill": len(in_flight_or_later), "recovery_s": probe.recovery_s(killed_at),
-            "client": {"requests": client_load.n, "ok": client_load.ok, "lost": dict(Counter(client_load.lost))},
-            "supervisor": [line.strip() for line in stack.output_since(lines_before) if "supervisor:" in line]}
+            "client": client_load.summary(killed_at), "supervisor": server.events_since(lines_before)}
+
+
+def check_torchserve_fault(stack: Stack, bodies: list[bytes], what: str, n: int, settle_s: float) -> dict:
+    """``what``: "model worker", "front" or "TorchServe (java)"."""
+    pid_of = {"model worker": lambda: stack.worker_pids()[0], "front": lambda: stack.record()["front_pid"],
+              "TorchServe (java)": stack.java_pid}[what]
+    return check_fault(stack, TorchServePrediction(stack), torchserve_client_load(stack, bodies, n // 4), what,
+                       pid_of, bodies, n, settle_s)
 
 
 def check_slow_clients(stack: Stack, bodies: list[bytes], stalled: int, n: int) -> dict:
-    baseline = Load(stack, bodies, n, 8).run().summary()
+    baseline = Load(TorchServePrediction(stack), bodies, n, 8).run().summary()
     socks, opened = [], time.monotonic()
     for i in range(stalled):
         sock = socket.create_connection(("127.0.0.1", stack.port))
@@ -430,7 +491,7 @@ def check_slow_clients(stack: Stack, bodies: list[bytes], stalled: int, n: int) 
     waiters = [threading.Thread(target=wait_closed, args=(i, sock), daemon=True) for i, sock in enumerate(socks)]
     for t in waiters:
         t.start()
-    during = Load(stack, bodies, n, 8).run().summary()  # beside the stalled clients
+    during = Load(TorchServePrediction(stack), bodies, n, 8).run().summary()  # beside the stalled clients
     for t in waiters:
         t.join()
     return {"stalled_connections": stalled, "baseline": baseline, "during": during, "stalled_answers": dict(answers),
@@ -438,7 +499,7 @@ def check_slow_clients(stack: Stack, bodies: list[bytes], stalled: int, n: int) 
 
 
 def check_overload(stack: Stack, bodies: list[bytes], n: int, concurrency: int, connections: int) -> dict:
-    over = Load(stack, bodies, n, concurrency).run()
+    over = Load(TorchServePrediction(stack), bodies, n, concurrency).run()
     busy = [r for r in over.results if r.status == 503]
     busy_ms = np.array([r.end - r.start for r in busy]) * 1000 if busy else np.array([0.0])
     idle = []
@@ -470,15 +531,20 @@ def fmt_statuses(statuses: dict) -> str:
     return ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items()))
 
 
+ENGINES = ("torchserve", "triton")  # torchserve: every check but the Triton kill; triton: the Triton kill
+
+
 def render(r: dict) -> str:
-    """The report page: one section per check, in the order ``make reliability`` runs them."""
+    """The report page: one section per check, in the order ``make reliability`` runs them; a run
+    of one engine only (``--engines``) has that engine's sections."""
     from serving.front import FrontConfig
 
     fc = FrontConfig()
+    torchserve = "load" in r
     lines = [
-        *_intro(r), *_load_held(r["load"], r["soak"]), *_faults(r["faults"]), "", r["triton"], "",
-        *_slow_clients(r["slow"], fc), *_overload(r["overload"], fc), *_hostile_input(r["fuzz"]),
-        f"Startup: `clead-serve up` was ready {r['startup_s']:.0f} s after it was started.",
+        *_intro(r), *(_load_held(r["load"], r["soak"]) if torchserve else []), *_faults(r["faults"]), "",
+        *(_slow_clients(r["slow"], fc) + _overload(r["overload"], fc) + _hostile_input(r["fuzz"]) if torchserve else []),
+        _startup(r),
         "",
         SYSTEMD,
     ]
@@ -486,20 +552,38 @@ def render(r: dict) -> str:
 
 
 def _intro(r: dict) -> list[str]:
+    engines = r.get("engines", list(ENGINES))
+    partial = {"torchserve": "TorchServe's checks, without the Triton kill",
+               "triton": "the Triton kill; TorchServe's sections (load, soak, its faults, slow clients, overload, "
+                         "hostile input) are not on this page"}
     return [
         "# Reliability: load, faults and hostile clients against the real stack",
         "",
         f"Generated by `{r['command']}` (`make reliability`) on {r['date']}, git {r['git']}, "
         f"{r['machine']}; {r['wall_min']:.1f} minutes in all. Models: {', '.join(r['models'])}. "
-        "Everything runs on loopback: `clead-serve up` (front + TorchServe 0.12, token auth on), "
-        "started as a user starts it. The load generator (`benchmarks/reliability.py`) sends every "
-        "request once and never retries, so a loss counted here is a loss at the public port. "
-        + _machine_load(r.get("loadavg")),
+        f"Everything runs on loopback, started as a user starts it: {_servers(engines)}. The load generator "
+        "(`benchmarks/reliability.py`) sends every request once and never retries, so a loss counted here is a "
+        "loss at the public port. " + _machine_load(r.get("loadavg")),
         "",
         *([f"**Scaled run** (`--scale {r['scale']}`): every request count below is {r['scale']} times the full "
            "run's (load 5,000 at concurrency 64, soak 20,000, faults 1,500 each); the full run is `make reliability`."
            , ""] if r["scale"] != 1 else []),
+        *([f"**Partial run** (`--engines {','.join(engines)}`): only {partial[engines[0]]}; the full run is "
+           "`make reliability`.", ""] if len(engines) == 1 else []),
     ]
+
+
+def _servers(engines: list[str]) -> str:
+    servers = {"torchserve": "`clead-serve up` (front + TorchServe 0.12, token auth on)",
+               "triton": "`clead-serve triton` (PyTriton) for the Triton kill"}
+    return ", then, once it was stopped, ".join(servers[e] for e in engines)
+
+
+def _startup(r: dict) -> str:
+    triton = next((f for f in r["faults"] if "startup_s" in f), None)
+    ready = [(cmd, at["startup_s"]) for cmd, at in (("up", r), ("triton", triton)) if at and "startup_s" in at]
+    return "Startup: " + "; ".join(f"`clead-serve {cmd}` was ready {t:.0f} s after it was started"
+                                   for cmd, t in ready) + "." if ready else ""
 
 
 def _machine_load(loadavg: list[float] | None) -> str:
@@ -541,23 +625,52 @@ def _faults(faults: list[dict]) -> list[str]:
         "",
         "Each during a load at concurrency 16 (killed a quarter of the way in, SIGKILL), with a probe "
         "(a fresh connection every 100 ms). *Lost*: requests of the load answered with anything but 200, "
-        "or failed at the connection (target 0). *Recovery*: from the kill to the first 200 of a probe "
+        f"or failed at the connection (target 0); a load connection whose request failed waits {FAULT_PAUSE_S} s "
+        "before its next request. *Recovery*: from the kill to the first 200 of a probe "
         "sent after it (target < 10 s). *Through the client*: a second load beside it (a quarter as many "
         "requests, concurrency 4) sent with `serving.client.TorchServeClient` and its default retry policy "
-        "(connection errors, 502, 503 and 507; 5 tries within 20 s): the predictions it gave up on.",
+        "(connection errors, 502, 503 and 507; 5 tries within 20 s), for Triton with `serving.client.TritonClient` "
+        "and its default (`TRITON_RETRY`: connection errors, 503, and the 404s of a restarted Triton that has not "
+        "loaded the model yet; 12 tries within 20 s): the predictions it gave up on.",
         "",
         "| killed | requests | answers | lost | through the client: lost / sent | recovery s | what happened |",
         "|---|---|---|---|---|---|---|",
     ]
     for f in faults:
+        if "not_run" in f:
+            lines.append(f"| {f['killed']} | not run | | | | | {f['not_run']} |")
+            continue
         rec = f"{f['recovery_s']:.1f}" if f["recovery_s"] is not None else "not within the wait"
-        note = "; ".join(f["supervisor"]) or "TorchServe replaced the worker itself; the front retried its batch"
-        client = f.get("client")
-        via = (f"{sum(client['lost'].values())} / {client['requests']}" + (f" ({fmt_statuses(client['lost'])})"
-               if client["lost"] else "")) if client else "not measured"
-        lines.append(f"| {f['killed']} | {f['requests']} | {fmt_statuses(f['statuses'])} | {f['lost']} | {via} | "
-                     f"{rec} | {note} |")
-    return lines
+        note = "; ".join(f["supervisor"]) or (
+            "TorchServe replaced the worker itself; the front retried its batch" if f["killed"] == "model worker"
+            else "nothing logged")
+        lines.append(f"| {f['killed']} | {f['requests']} | {fmt_statuses(f['statuses'])} | {f['lost']} | "
+                     f"{_through_client(f.get('client'))} | {rec} | {note} |")
+    triton = next((f for f in faults if "startup_s" in f), None)
+    return lines + (["", *_triton_kill(triton)] if triton else [])
+
+
+def _through_client(client: dict | None) -> str:
+    if not client:
+        return "not measured"
+    lost = sum(client["lost"].values())
+    return (f"{lost} / {client['requests']}" + (f" ({fmt_statuses(client['lost'])})" if lost else "")
+            + (" (all ended before the kill)" if client.get("ended_after_kill") == 0 else ""))
+
+
+def _triton_kill(f: dict) -> list[str]:
+    return [
+        f"**Triton**: `clead-serve triton` (PyTriton) serving the same models, on its own HTTP port, started once "
+        f"TorchServe was stopped and warmed up with {f['warmup']['requests']} predictions. Killed: `tritonserver`, the "
+        "server binary PyTriton runs, a descendant of the `clead-serve triton` python process; that process stays "
+        "(nothing but systemd would start it again): its `serve()` sees Triton dead, and its supervisor "
+        "(`serving.supervisor.keep_running`, the same budget as `up`: `--max-restarts` in `--restart-window`) starts "
+        f"Triton again with the models reloaded (tritonserver pid {f['pid']}, then {f.get('pid_after')}). Nothing holds "
+        "Triton's port meanwhile (there is no front), so the raw-port load (KServe v2 `POST /v2/models/clead/infer`, "
+        "the image as base64 JSON) loses what was in flight and what it sent before Triton answered again: cut-off "
+        "and refused connections, then 404 while the models load. The client load ran in the Triton environment "
+        "(`benchmarks/reliability_triton.py`).",
+    ]
 
 
 def _slow_clients(slow: dict, fc: FrontConfig) -> list[str]:
@@ -662,16 +775,26 @@ def git_commit() -> str:
         return "unknown"
 
 
-def triton_note() -> str:
-    from serving.tritonenv import has_pytriton
+def triton_fault(models: list[str], bodies: list[bytes], n: int, settle_s: float) -> dict:
+    """The Triton row of the faults table: measured, or why it was not."""
+    from benchmarks.reliability_triton import KILLED, check_triton_kill, unavailable
 
-    if not has_pytriton() and not (REPO / ".venv-triton").is_dir():
-        return ("**Triton kill: not run** here: this machine has no Triton environment (`.venv-triton`, made "
-                "by the first `clead-serve triton`), and the report does not install one. `clead-serve triton` "
-                "restarts a Triton that died (`tests/serving/test_supervisor.py`, with a stand-in for PyTriton), and "
-                "`serving.client.TritonClient` retries a refused connection and 503.")
-    return ("**Triton kill: not measured by this report** (the Triton environment exists, but the report drives "
-            "only TorchServe).")
+    reason = unavailable()
+    if reason:
+        return {"killed": KILLED, "not_run": reason}
+    try:
+        return check_triton_kill(dict(spec.split("=", 1) for spec in models), bodies, n, settle_s)
+    except RuntimeError as exc:  # Triton would not start, or its client load would not: the rest still counts
+        print(f"reliability: the Triton kill failed: {exc}", file=sys.stderr, flush=True)
+        return {"killed": KILLED, "not_run": f"it failed: {str(exc).splitlines()[0]}"}
+
+
+def engines_arg(value: str) -> list[str]:
+    engines = [e.strip() for e in value.split(",") if e.strip()]
+    unknown = sorted(set(engines) - set(ENGINES))
+    if unknown or not engines:
+        raise argparse.ArgumentTypeError(f"unknown engine(s) {unknown}; choose from {', '.join(ENGINES)}")
+    return [e for e in ENGINES if e in engines]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -681,24 +804,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models-dir", type=Path, default=REPO / "models" / "cifar10")
     parser.add_argument("--model", action="append", default=[], metavar="NAME=ARTIFACT")
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every request count (0.1: a quick look)")
+    parser.add_argument("--engines", type=engines_arg, default=list(ENGINES),
+                        help="comma-separated: torchserve (every check but the Triton kill), triton (the Triton kill)")
     args = parser.parse_args(argv)
     s = args.scale
     models = args.model or [f"{n}={args.models_dir / (n + '.pt')}" for n in ("clead", "baseline")]
     shown = [m.replace(str(REPO) + os.sep, "") for m in models]
     t0 = time.monotonic()
-    stack = Stack(models, args.workdir.resolve())
     bodies = images(16)
-    report: dict = {"command": "python -m benchmarks.reliability" + (f" --scale {s}" if s != 1 else ""),
+    flags = (f" --scale {s}" if s != 1 else "") + (f" --engines {','.join(args.engines)}"
+                                                   if args.engines != list(ENGINES) else "")
+    report: dict = {"command": "python -m benchmarks.reliability" + flags, "engines": args.engines,
                     "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "git": git_commit(),
                     "machine": f"{psutil.cpu_count()} CPU cores, {platform.machine()}, Python {platform.python_version()}",
-                    "models": shown, "startup_s": stack.startup_s, "scale": s,
+                    "models": shown, "scale": s, "faults": [],
                     "loadavg": [os.getloadavg()[0]]}  # 1-minute load average before the run (and after it, below)
+    if "torchserve" in args.engines:
+        run_torchserve(report, models, bodies, args.workdir.resolve(), s)
+    if "triton" in args.engines:
+        report["faults"].append(triton_fault(models, bodies, max(200, int(1500 * s)), 240))
+        print(f"reliability: Triton kill: {json.dumps(report['faults'][-1], default=str)[:400]}", flush=True)
+    report["wall_min"] = (time.monotonic() - t0) / 60
+    report["loadavg"] = [report["loadavg"][0], os.getloadavg()[0]]
+    args.out.write_text(render(report))
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    (args.workdir / "reliability.json").write_text(json.dumps(report, indent=2, default=str))
+    print(f"wrote {args.out} ({report['wall_min']:.1f} min)")
+    return 0
+
+
+def run_torchserve(report: dict, models: list[str], bodies: list[bytes], workdir: Path, s: float) -> None:
+    """Every check against ``clead-serve up``, into ``report``; the stack is stopped at the end."""
+    stack = Stack(models, workdir)
+    report["startup_s"] = stack.startup_s
     try:
         steps = [
             ("load", lambda: check_load(stack, bodies, int(5000 * s), 64)),
             ("soak", lambda: check_soak(stack, bodies, int(20000 * s), 32)),
             ("fuzz", lambda: check_fuzz(stack, 300)),
-            ("faults", lambda: [check_fault(stack, bodies, what, max(200, int(1500 * s)), 240)
+            ("faults", lambda: [check_torchserve_fault(stack, bodies, what, max(200, int(1500 * s)), 240)
                                 for what in ("model worker", "front", "TorchServe (java)")]),
             ("slow", lambda: check_slow_clients(stack, bodies, 32, max(100, int(500 * s)))),
             ("overload", lambda: check_overload(stack, bodies, max(500, int(3000 * s)), 192, 300)),
@@ -710,13 +854,6 @@ def main(argv: list[str] | None = None) -> int:
                   f"{json.dumps(report[name], default=str)[:400]}", flush=True)
     finally:
         stack.stop()
-    report["triton"] = triton_note()
-    report["wall_min"] = (time.monotonic() - t0) / 60
-    report["loadavg"] = [report["loadavg"][0], os.getloadavg()[0]]
-    args.out.write_text(render(report))
-    (args.workdir / "reliability.json").write_text(json.dumps(report, indent=2, default=str))
-    print(f"wrote {args.out} ({report['wall_min']:.1f} min)")
-    return 0
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ Both return the same response dict (see ``docs/serving.md``) and raise
 
 Both retry what a restarting server answers (a refused or reset connection, 503 and, for
 TorchServe, 507) with backoff, within a :class:`RetryPolicy` (attempts and a deadline);
-predictions are idempotent, so a retry is safe. A 4xx is never retried.
+predictions are idempotent, so a retry is safe. A 4xx is never retried, except Triton's 404
+while it restarts (:meth:`TritonClient._restarting`).
 """
 
 from __future__ import annotations
@@ -51,6 +52,14 @@ class RetryPolicy:
 
 
 NO_RETRY = RetryPolicy(attempts=1)
+# Triton has nothing in front of it: while `clead-serve triton` restarts a dead Triton (models
+# reloaded: about 10 s on two busy cores, docs/reliability.md) its port refuses connections,
+# then answers 404 until the models are loaded. Its client rides that out itself, within the
+# same budget as the front's retries for TorchServe (12 tries within 20 s); 5 tries span 3 s.
+TRITON_RETRY = RetryPolicy(attempts=12)
+# Triton's 404 for a model in its repository that is not loaded (yet): after a restart, while
+# PyTriton loads it. Before that, a restarted Triton knows no model at all ("... is not found").
+TRITON_LOADING = "has no available versions"
 T = TypeVar("T")
 
 
@@ -174,7 +183,7 @@ class TritonClient:
     ``result`` output; this client turns that into the same :class:`PredictionError`.
     """
 
-    def __init__(self, url: str = "127.0.0.1:8000", timeout: float = 30.0, retry: RetryPolicy = RetryPolicy()) -> None:
+    def __init__(self, url: str = "127.0.0.1:8000", timeout: float = 30.0, retry: RetryPolicy = TRITON_RETRY) -> None:
         try:
             import tritonclient.http as httpclient
             from tritonclient.utils import InferenceServerException
@@ -186,6 +195,7 @@ class TritonClient:
         self._http = httpclient
         self._server_error = InferenceServerException
         self.retry = retry
+        self.answered: set[str] = set()  # models this client got an answer from (see _restarting)
         url = url.split("://", 1)[-1].rstrip("/")
         self.client = httpclient.InferenceServerClient(url=url, connection_timeout=timeout, network_timeout=timeout)
 
@@ -210,16 +220,30 @@ class TritonClient:
 
 
     def _infer_once(self, model: str, inputs: list, outputs: list):
+        import http.client
+
         try:
-            return self.client.infer(model, inputs, outputs=outputs)
-        except OSError as exc:  # refused or reset: Triton is restarting
+            result = self.client.infer(model, inputs, outputs=outputs)
+        except (OSError, http.client.HTTPException) as exc:
+            # Refused, reset, or closed mid-answer (geventhttpclient's HTTPConnectionClosed is an
+            # HTTPException, not an OSError): Triton died or is restarting.
             raise Retryable(exc) from exc
         except self._server_error as exc:
-            # Triton's HTTP status as tritonclient reports it ("503"); a 4xx is never retried.
-            status = str(exc.status() or "")
-            if status.isdigit() and int(status) in self.retry.statuses or "unavailable" in status.lower():
+            if self._restarting(model, exc):
                 raise Retryable(exc) from exc
             raise
+        self.answered.add(model)
+        return result
+
+    def _restarting(self, model: str, exc: Exception) -> bool:
+        """Whether ``exc`` is what a restarting Triton answers: 503 (or gRPC's UNAVAILABLE), or a
+        404 for a model it is loading, or for one that answered this client before (a restarted
+        Triton knows no model until PyTriton has registered it again). Any other 4xx, a 404 for a
+        name never answered included, is the caller's to fix and is not retried."""
+        status = str(exc.status() or "")  # Triton's HTTP status as tritonclient reports it: "503"
+        if status.isdigit() and int(status) in self.retry.statuses or "unavailable" in status.lower():
+            return True
+        return status == "404" and (TRITON_LOADING in str(exc) or model in self.answered)
 
 
 def format_prediction(path: str, response: dict[str, Any]) -> str:

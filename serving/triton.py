@@ -140,10 +140,45 @@ def serve(models: dict[str, str | Path], config: TritonServeConfig | None = None
         triton.run()
         if ready is not None:
             ready()
-        while not stop.wait(0.5):
-            if not triton.is_alive():
-                raise RuntimeError("Triton stopped unexpectedly; see its log above")
+        while not stop.wait(0.5) and triton.is_alive():
+            pass
+    if not stop.is_set():
+        left = kill_stray_stubs()
+        raise RuntimeError("Triton stopped unexpectedly; see its log above"
+                           + (f"; killed {left} stub process{'es' * (left > 1)} it left behind" if left else ""))
     logger.info("Triton stopped")
+
+
+def kill_stray_stubs() -> int:
+    """Kill the Python-backend stubs (and their processes) that a dead tritonserver left behind;
+    returns how many stubs. A stub serving a request when tritonserver is SIGKILLed waits for it
+    forever (about 100 MB and a shared-memory region each, one per crash): found by the
+    shared-memory name PyTriton gives every Triton this process starts (``pytrtion<pid>-...``).
+    Each stub's multiprocessing resource tracker is left to exit by itself: it then unlinks the
+    shared memory the stub's Python side had made; the stub's own region is unlinked here."""
+    import psutil
+
+    prefix = f"pytrtion{os.getpid()}-"
+    stubs = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if cmdline and cmdline[0].endswith("triton_python_backend_stub") and any(a.startswith(prefix) for a in cmdline):
+            stubs.append((proc, next(a for a in cmdline if a.startswith(prefix))))
+    doomed = []
+    for stub, _ in stubs:
+        try:
+            doomed += [stub] + [c for c in stub.children(recursive=True)
+                                if "multiprocessing.resource_tracker" not in " ".join(c.cmdline())]
+        except psutil.NoSuchProcess:
+            continue
+    for proc in doomed:  # not waited for: they are not our children, and the next Triton needs nothing of theirs
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    for _, region in stubs:
+        Path("/dev/shm", region).unlink(missing_ok=True)
+    return len(stubs)
 
 
 def _ensure_libpython_path() -> None:

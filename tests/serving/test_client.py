@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import threading
 import time
@@ -129,9 +130,13 @@ def test_a_refused_connection_is_retried_until_the_server_is_back():
                          ).predict(b"img")
 
 
+class ConnectionClosed(http.client.HTTPException):
+    """geventhttpclient's HTTPConnectionClosed (tritonclient's transport) is one of these."""
+
+
 class FakeServerError(Exception):
-    def __init__(self, status):
-        super().__init__(f"status {status}")
+    def __init__(self, status, message="scripted"):
+        super().__init__(f"[{status}] {message}")  # tritonclient's InferenceServerException reads so
         self._status = status
 
     def status(self):
@@ -157,7 +162,7 @@ def triton_client(script):
     from serving.client import TritonClient
 
     client = object.__new__(TritonClient)
-    client.client, client._server_error, client.retry = FakeTriton(script), FakeServerError, FAST
+    client.client, client._server_error, client.retry, client.answered = FakeTriton(script), FakeServerError, FAST, set()
     return client
 
 
@@ -174,7 +179,37 @@ def test_triton_client_retries_a_restarting_triton():
 
 
 def test_triton_client_never_retries_a_4xx():
-    client = triton_client([FakeServerError("400")])
-    with pytest.raises(FakeServerError):
-        infer(client)
-    assert client.client.calls == 1
+    for error in (FakeServerError("400"), FakeServerError("404", "Request for unknown model: 'x' is not found")):
+        client = triton_client([error])
+        with pytest.raises(FakeServerError):
+            infer(client)
+        assert client.client.calls == 1
+
+
+def test_triton_client_rides_out_a_triton_restart():
+    """What a SIGKILLed Triton answers while `clead-serve triton` restarts it: the answer in flight
+    cut off (geventhttpclient raises an http.client.HTTPException, not an OSError), refused
+    connections, 404 while the new Triton knows no model yet, then 404 while PyTriton loads it."""
+    unknown = FakeServerError("404", "Request for unknown model: 'clead' is not found")
+    loading = FakeServerError("404", "Request for unknown model: 'clead' has no available versions")
+    client = triton_client([])
+    client.retry = RetryPolicy(attempts=12, backoff_s=0.01, max_backoff_s=0.05, deadline_s=5)
+    assert infer(client) == "result"  # answered once: a later 404 for it is a restart, not a wrong name
+    client.client.script = [ConnectionClosed("connection closed."), ConnectionRefusedError(111, "refused"),
+                            unknown, loading, loading]
+    assert infer(client) == "result" and client.client.calls == 1 + 6
+
+
+def test_a_new_triton_client_retries_a_model_being_loaded_only():
+    loading = FakeServerError("404", "Request for unknown model: 'clead' has no available versions")
+    client = triton_client([loading])
+    assert infer(client) == "result" and client.client.calls == 2
+
+
+def test_triton_client_default_retries_span_a_restart():
+    from serving.client import TRITON_RETRY
+
+    backoff = sum(min(TRITON_RETRY.backoff_s * 2 ** n, TRITON_RETRY.max_backoff_s)
+                  for n in range(TRITON_RETRY.attempts - 1))
+    # `clead-serve triton` answers again about 10 s after Triton died (docs/reliability.md)
+    assert 15 <= backoff <= TRITON_RETRY.deadline_s

@@ -6,6 +6,9 @@
 * a model worker SIGKILLed under load: no request lost at the public port (the front retries);
 * the front and TorchServe SIGKILLed: ``up`` restarts them, and they answer again.
 
+Triton's kill (``clead-serve triton`` restarts a SIGKILLed tritonserver, ``TritonClient`` loses
+nothing) is in ``test_servers.py``, on its module's Triton.
+
 The numbers for the report come from ``benchmarks/reliability.py`` (``make reliability``).
 """
 

@@ -4,14 +4,17 @@ Both are started the way a user starts them (the CLI, in a subprocess), on free 
 127.0.0.1, each TorchServe with its own work folder (TMPDIR, logs, key file, model store) and,
 as by default, behind the front (``serving/front.py``); ``torchserve.torchserve_url`` reaches
 TorchServe itself.
-Every wait is bounded; the fixtures' finalizers stop whatever is still running. The last
-tests stop each server with SIGINT (Ctrl-C) and check that no process of it is left.
+Every wait is bounded; the fixtures' finalizers stop whatever is still running. Near the end,
+Triton's tritonserver is SIGKILLed under a small load through ``TritonClient`` (nothing may be
+lost); the last tests stop each server with SIGINT (Ctrl-C) and check that no process of it is
+left, Triton's after its restart.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
 import signal
 import subprocess
@@ -455,6 +458,80 @@ def test_triton_metrics_count_requests(triton, tmp_path):
     assert value(after, "nv_inference_request_summary_us", model="baseline", quantile="0.99") > 0
     assert value(after, "nv_inference_request_success", model="clead") == value(
         before, "nv_inference_request_success", model="clead")
+
+
+# -- a Triton kill (before the clean stops: the Ctrl-C test then stops the restarted Triton) ---
+def v2_predicts(url: str, image: bytes) -> bool:
+    """One KServe v2 prediction (examples/oip_client.py, plain JSON), never retried: did Triton answer it?"""
+    from examples.oip_client import infer_json
+
+    try:
+        return "label" in infer_json(f"http://{url}", "clead", image, timeout=10)
+    except (requests.ConnectionError, RuntimeError):  # refused, or not a 200
+        return False
+
+
+def alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def tritonservers(server) -> list[psutil.Process]:
+    """The server binary PyTriton runs, among the descendants of `clead-serve triton`."""
+    return [c for c in server_children(server.proc.pid) if c.name() == "tritonserver"]
+
+
+def test_a_killed_tritonserver_is_restarted_and_the_client_loses_nothing(triton, tmp_path):
+    """SIGKILL of the tritonserver (not of `clead-serve triton`'s python, its supervisor) under four
+    `clead-serve predict --engine triton` (TritonClient, default retries): every prediction is
+    answered, and Triton answers again within the bound (benchmarks/reliability.py measures it)."""
+    paths = []
+    for i, data in enumerate(images(3)):
+        paths.append(tmp_path / f"{i}.png")
+        paths[-1].write_bytes(data)
+    old = tritonservers(triton)
+    assert len(old) == 1, server_children(triton.proc.pid)
+    stubs = old[0].children(recursive=True)  # Python-backend stubs and theirs: none may outlive the restart
+    cmd = [sys.executable, "-m", "serving.cli", "predict", "--engine", "triton", "--url", triton.url, "--json",
+           *map(str, paths * 15)]
+    clients = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"}) for _ in range(4)]
+    answers: list[list[tuple[float, str]]] = [[] for _ in clients]
+    readers = [threading.Thread(target=lambda c=c, a=a: a.extend((time.monotonic(), line) for line in c.stdout),
+                                daemon=True) for c, a in zip(clients, answers)]
+    for reader in readers:
+        reader.start()
+    try:
+        deadline = time.monotonic() + 90
+        while min(map(len, answers)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert min(map(len, answers)) >= 3, [c.stderr.read() for c in clients if c.poll() is not None]
+        old[0].kill()
+        killed = time.monotonic()
+        while not v2_predicts(triton.url, images(1)[0]) and time.monotonic() - killed < 90:
+            time.sleep(0.1)
+        recovered = time.monotonic() - killed
+        codes = [c.wait(timeout=120) for c in clients]
+    finally:
+        for c in clients:
+            if c.poll() is None:
+                c.kill()
+    for reader in readers:
+        reader.join(timeout=10)
+    assert recovered < 60, f"Triton did not answer within 60 s of the kill:\n{triton.output()}"
+    lines = [line for a in answers for _, line in a]
+    lost = [line for line in lines if "label" not in json.loads(line)]
+    assert codes == [0] * 4 and not lost, (lost[:5], [c.stderr.read()[-2000:] for c in clients])
+    assert len(lines) == 4 * len(paths) * 15
+    assert all(any(at > killed for at, _ in a) for a in answers), "a client finished before the kill"
+    assert triton.proc.poll() is None and "supervisor: Triton died" in triton.output(200), triton.output()
+    new = tritonservers(triton)
+    assert len(new) == 1 and new[0].pid != old[0].pid
+    left = [p for p in stubs if alive(p)]
+    assert not left, f"the dead Triton's processes outlived its restart: {left}"
+    triton.children = server_children(triton.proc.pid)  # the restarted ones, for the Ctrl-C test and the finalizer
 
 
 # -- clean stops (keep these last: they end the module's servers) ---------------------------

@@ -1,6 +1,7 @@
 """``serving.supervisor`` without TorchServe: stand-in processes that die, restarts with backoff,
-the restart budget, and that a restart that fails is counted and retried. The real kills
-(front, TorchServe, model worker) are in ``test_faults.py``."""
+the restart budget, and that a restart that fails is counted and retried; what a dead Triton
+leaves behind is killed before the restart. The real kills (front, TorchServe, model worker) are
+in ``test_faults.py``, Triton's in ``test_servers.py``."""
 
 from __future__ import annotations
 
@@ -157,3 +158,52 @@ def test_clead_serve_triton_restarts_a_dead_triton(monkeypatch, tmp_path, capsys
     assert cli.main(["triton", "--models-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert len(calls) == 2 and "Triton died" in out and "restart 1/5" in out and "Triton is ready" in out
+
+
+def stand_in_stub(region: str) -> subprocess.Popen:
+    """A process that looks like a Python-backend stub of Triton (its path, its shared-memory name),
+    with a child of its own, as the real one has."""
+    argv = ["/ws/tritonserver/backends/python/triton_python_backend_stub", "-c", "sleep 60 & wait", "sh", region]
+    return subprocess.Popen(argv, executable="/bin/sh")
+
+
+def gone(proc) -> bool:
+    import psutil
+
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_the_stubs_a_dead_triton_left_behind_are_killed_and_their_memory_freed():
+    import os
+    import time
+
+    import psutil
+
+    from serving.triton import kill_stray_stubs
+
+    ours, other = f"pytrtion{os.getpid()}-0123abcd", "pytrtion1-0123abcd"  # PyTriton names them after its pid
+    region = Path("/dev/shm", ours)
+    region.write_bytes(b"\0" * 64)
+    stray, foreign = stand_in_stub(ours), stand_in_stub(other)
+    try:
+        deadline = time.monotonic() + 10
+        while not psutil.Process(stray.pid).children() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        child = psutil.Process(stray.pid).children()[0]
+        assert kill_stray_stubs() == 1
+        assert stray.wait(timeout=10) == -9 and not region.exists()
+        deadline = time.monotonic() + 10
+        while not gone(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert gone(child), "the stub's own processes go too"
+        assert foreign.poll() is None, "a stub of another process's Triton is left alone"
+    finally:
+        for proc in (stray, foreign):
+            for leftover in psutil.Process(proc.pid).children() if proc.poll() is None else []:
+                leftover.kill()
+            proc.kill()
+            proc.wait(timeout=10)
+        region.unlink(missing_ok=True)
