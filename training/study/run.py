@@ -178,15 +178,19 @@ def _wanted(rows: list[dict], by_name: dict[str, dict], only: Optional[set[str]]
 
 def _eval_flags(plan: Plan) -> dict[str, list[str]]:
     """``clead-train eval`` flags of a clean-only report (``runs/eval-NAME-clean``: the whole
-    split, FGSM only) and of the attack report, from the spec's ``evaluation`` (smaller with --smoke)."""
+    split, FGSM only) and of the attack report, from the spec's ``evaluation`` (smaller with --smoke;
+    its ``flags`` are added to both)."""
     cfg = plan.spec.get("evaluation", {})
     attacks = "fgsm,pgd20" if plan.smoke else cfg.get("attacks", "fgsm,pgd20,autoattack")
     n = "100" if plan.smoke else str(cfg.get("n", 1000))
     clean_n = "500" if plan.smoke else str(cfg.get("clean_n", "all"))
     sanity = ["--sanity"] if cfg.get("sanity") and not plan.smoke else []
     curve = ["--curve-n", "50"] if plan.smoke else []
-    return {"clean": ["--attacks", "fgsm", "--n", clean_n, "--no-curve"],
-            "attacks": ["--attacks", attacks, "--n", n, *curve, *sanity]}
+    # How the evaluations compute, never what they measure (e.g. --channels-last, --threads):
+    # clead-train eval refuses a faster model whose logits differ from the artifact's.
+    how = shlex.split(str(cfg.get("flags", "")))
+    return {"clean": ["--attacks", "fgsm", "--n", clean_n, "--no-curve", *how],
+            "attacks": ["--attacks", attacks, "--n", n, *curve, *sanity, *how]}
 
 
 def _add_row_jobs(plan: Plan, r: dict, by_name: dict[str, dict], flags: dict[str, list[str]]) -> None:

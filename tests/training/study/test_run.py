@@ -86,6 +86,16 @@ def test_only_pulls_in_the_rows_a_row_needs(tmp_path):
     assert {"fit:a", "fit:b", "select:C-LEAD", "export:C-LEAD"} <= set(plan.jobs)
 
 
+def test_evaluation_flags_go_to_every_evaluation(tmp_path):
+    spec = {**SPEC, "evaluation": {**SPEC["evaluation"], "flags": "--channels-last --threads 2"}}
+    plan = build_plan(Plan(spec, tmp_path, "data", ["python"]), {"Standard"})
+    evals = [job.argv for name, job in plan.jobs.items() if name.startswith("eval:")]
+    assert len(evals) == 2  # the clean report and the attack report
+    assert all("--channels-last" in argv and argv[argv.index("--threads") + 1] == "2" for argv in evals)
+    plain = build_plan(Plan(SPEC, tmp_path, "data", ["python"]), {"Standard"})
+    assert not any("--channels-last" in job.argv for job in plain.jobs.values())
+
+
 def test_the_shipped_spec_builds_a_plan(tmp_path):
     spec = load_spec(Path(__file__).resolve().parents[3] / "docs" / "study.yaml")
     plan = build_plan(Plan(spec, tmp_path, "data", ["python"]))
