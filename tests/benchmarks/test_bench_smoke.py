@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from benchmarks import run
 
 
@@ -101,3 +103,21 @@ def test_train_layouts_times_both_layouts_and_prints_a_row_per_width(capsys):
     assert set(times) == {"NCHW", "channels_last"} and all(t > 0 for t in times.values())
     assert main(["--widths", "0.25", "--batch", "4", "--rounds", "1"]) == 0
     assert "| 0.25 |" in capsys.readouterr().out
+
+
+@pytest.mark.cifar
+def test_eval_workers_times_one_process_against_workers_on_the_same_batches(tmp_path, cifar_root, capsys):
+    import torch
+
+    from benchmarks.eval_workers import main
+    from training.export import export_artifact
+    from training.models import create_model
+
+    torch.manual_seed(0)
+    path = export_artifact(create_model("tiny_cnn", num_classes=10).eval(), tmp_path / "m.pt",
+                           {"classes": [str(i) for i in range(10)]})
+    assert main(["--model", str(path), "--data", str(cifar_root), "--attacks", "pgd:steps=2,square:queries=5",
+                 "--n", "20", "--batch-size", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "| pgd:steps=2 |" in out and "| square:queries=5 |" in out
+    assert out.count("| yes |") == 2  # the workers attacked the same batches to the same result

@@ -153,6 +153,48 @@ def test_results_do_not_depend_on_attack_order(trained_tiny):
 
 
 @pytest.mark.cifar
+def test_workers_attack_the_same_batches_to_the_same_result(trained_tiny):
+    """Two forked workers, one thread each: the same masks and the same AutoAttack stage
+    totals as one process, because each batch starts from its own random state."""
+    model, test = trained_tiny
+    attacks = "pgd:steps=3,square:queries=20,autoattack:steps=2:queries=10"
+    threads = torch.get_num_threads()
+    one = evaluate(model, test, attacks, n=60, batch_size=16, progress=False)
+    torch.set_num_threads(2)  # two workers of one thread each, as on the 2-core CI machine
+    try:
+        two = evaluate(model, test, attacks, n=60, batch_size=16, progress=False, workers=2)
+    finally:
+        torch.set_num_threads(threads)
+    assert [r["robust_mask"] for r in two["attacks"]] == [r["robust_mask"] for r in one["attacks"]]
+    strip = lambda stages: [(s["attack"], s["images"], s["broken"]) for s in stages]  # noqa: E731
+    assert strip(two["attacks"][2]["stages"]) == strip(one["attacks"][2]["stages"])
+    assert two["attacks"][2]["stages"][0]["images"] == round(one["clean"]["accuracy"] * 60)
+    assert torch.get_num_threads() == threads  # the workers' thread count stays in the workers
+
+
+def test_robust_mask_seeds_each_batch_so_order_and_workers_do_not_matter():
+    """A random attack on a constant model: batch i's noise comes from seed + i, in any process."""
+    class Noise:
+        eps, norm = 0.1, "linf"
+
+        def __call__(self, model, x, y):
+            return (x + self.eps * (2 * torch.rand_like(x) - 1)).clamp(0, 1)
+
+    class Threshold(torch.nn.Module):  # class 1 if the first pixel is above 0.5
+        def forward(self, x):
+            return torch.stack([0.5 - x[:, 0, 0, 0], x[:, 0, 0, 0] - 0.5], 1)
+
+    data = ImageSet(torch.full((24, 3, 2, 2), 128, dtype=torch.uint8), torch.ones(24, dtype=torch.long))
+    clean = torch.ones(24, dtype=torch.bool)
+    masks = [robust_mask(Threshold(), Noise(), data, clean, 5, torch.device("cpu"), seed=3, workers=w) for w in (1, 2, 3)]
+    assert all(torch.equal(m, masks[0]) for m in masks) and 0 < masks[0].sum() < 24
+    other_seed = robust_mask(Threshold(), Noise(), data, clean, 5, torch.device("cpu"), seed=4)
+    assert not torch.equal(other_seed, masks[0])
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        robust_mask(Threshold(), Noise(), data, clean, 5, torch.device("cpu"), workers=0)
+
+
+@pytest.mark.cifar
 def test_eps_zero_gives_clean_accuracy(trained_tiny):
     model, test = trained_tiny
     report = evaluate(model, test, "fgsm,pgd,square", eps=0.0, n=50, progress=False)
@@ -302,6 +344,8 @@ def test_cli_errors_are_actionable(trained_tiny, cifar_root, tmp_path, capsys):
     assert "pixel units" in capsys.readouterr().err
     assert _cli(*base, "--attacks", "fgsm", "--n", "10") == 2
     assert "3 classes but the data has 10" in capsys.readouterr().err
+    assert _cli(*base, "--attacks", "fgsm", "--workers", "0") == 2
+    assert "--workers 0: give 1 or more" in capsys.readouterr().err
     assert _cli("--model", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "o")) == 2
 
 

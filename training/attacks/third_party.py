@@ -133,6 +133,17 @@ class AutoAttack(TorchattacksAttack):
         not what is run on it."""
         self._progress, self._chunk = callback, chunk
 
+    def mute_progress(self) -> None:
+        """No more progress callbacks; the chunks stay as they are (a forked evaluation worker)."""
+        self._progress = None
+
+    def add_stage_log(self, entries: list[dict[str, float]]) -> None:
+        """Add ``stage_log`` entries measured elsewhere (by the workers of a forked evaluation)."""
+        for entry in entries:
+            log = self._stage_log.setdefault(entry["attack"], {"images": 0, "broken": 0, "seconds": 0.0})
+            for key in log:
+                log[key] += entry.get(key, 0)
+
     def build_stages(self, model: nn.Module) -> list[tuple[str, Any]]:
         import torchattacks as ta
 

@@ -66,6 +66,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False,
                    help="run the model in channels_last (NHWC) layout (same logits to 1e-4, checked)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="CPU processes attacking batches side by side, the threads shared among them; results "
+                        "depend on --batch-size, not on this (default %(default)s)")
     p.add_argument("--update-metadata", action="store_true",
                    help="write the measured accuracies into the artifact's metadata JSON (metrics)")
 
@@ -101,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
         write_json_atomic(out / "report.json", {**header, **kept, **partial})
 
     progress = not args.no_progress
-    report = evaluate(model, data, specs, eps, n, args.batch_size, device, args.seed, progress, previous, on_update=save)
+    report = evaluate(model, data, specs, eps, n, args.batch_size, device, args.seed, progress, previous, on_update=save,
+                      workers=args.workers)
     report.update(kept)  # save() has already added the data source and split
     if not args.no_curve and curve_specs and curve_eps:
         _add_curve(report, previous, args, model, data, curve_specs, curve_eps, device, out / "robustness_curve.png",
@@ -129,8 +133,11 @@ def _load(args: argparse.Namespace, device: torch.device) -> tuple[torch.nn.Modu
     info = describe_model(args.model, meta)
     size = (meta.get("input_size") or [3, 32, 32])[-1]
     data = load_split(args.data, args.split, args.cache_dir, size)
+    if args.workers < 1 or (args.workers > 1 and device.type != "cpu"):
+        raise ValueError(f"--workers {args.workers}: give 1 or more, and more than 1 only on the CPU")
     model, execution = optimize_for_attack(model.to(device), data.images[:64].to(device).float() / 255,
                                            args.freeze, args.channels_last)
+    execution.update(workers=args.workers, threads_per_worker=max(1, execution["threads"] // args.workers))
     _check_classes(info.get("classes"), data)
     return model, info, data, execution
 
@@ -150,7 +157,7 @@ def _add_curve(report: dict, previous: Optional[dict], args: argparse.Namespace,
                 "seed": args.seed, "data": report["data"].get("indices_sha1")}
     if not _reused(report, previous, "curve", settings):
         report["curve"] = robustness_curve(model, data, specs, eps_values, args.curve_n, args.batch_size,
-                                           device, args.seed, not args.no_progress)
+                                           device, args.seed, not args.no_progress, workers=args.workers)
         report["curve_settings"] = settings
         plot_curve(report["curve"], png, title)
 
@@ -164,7 +171,7 @@ def _add_sanity(report: dict, previous: Optional[dict], args: argparse.Namespace
         subset = data.subset(balanced_subset(data.labels, args.curve_n, args.seed))
         x, y = subset.images.float() / 255, subset.labels
         checks = run_sanity_checks(model, x, y, eps, device=device, batch_size=args.batch_size, seed=args.seed,
-                                   autoattack=settings["autoattack"])
+                                   autoattack=settings["autoattack"], workers=args.workers)
         report["sanity"], report["sanity_settings"] = [c.as_dict() for c in checks], settings
 
 

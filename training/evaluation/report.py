@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Optional
 
 from training.evaluation.specs import fmt_eps
 
@@ -74,7 +75,7 @@ def render_markdown(report: dict) -> str:
     env = report.get("environment", {})
     if env:
         lines.append(f"- run: {env.get('date')}, device {env.get('device')}, torch {env.get('torch')}, "
-                     f"commit {str(env.get('git_commit'))[:10]}")
+                     f"commit {str(env.get('git_commit'))[:10]}{_fmt_execution(env.get('execution'))}")
     lines += ["", "| attack | implementation | settings | eps | n | accuracy | seconds |", "|---|---|---|---|---|---|---|"]
     c = report["clean"]
     lines.append(f"| clean | - | - | 0 | {c['n']} | {100 * c['accuracy']:.2f}% | {c['seconds']:.1f} |")
@@ -86,6 +87,11 @@ def render_markdown(report: dict) -> str:
     if w and w["attacks"]:
         lines.append(f"| **worst case** | - | all of: {', '.join(w['attacks'])} | {fmt_eps(report['eps'])} | {w['n']} "
                      f"| **{100 * w['accuracy']:.2f}%** | - |")
+    for r in report["attacks"]:
+        if r.get("stages"):
+            lines += ["", f"{r['label']}, stage by stage (each attacks what the earlier ones left robust):", "",
+                      "| stage | images attacked | broken | seconds |", "|---|---|---|---|"]
+            lines += [f"| {s['attack']} | {s['images']} | {s['broken']} | {s['seconds']:.1f} |" for s in r["stages"]]
     if report.get("curve"):
         lines += ["", f"Robustness curve ({report['curve']['n']} images): `robustness_curve.png`."]
     if report.get("sanity"):
@@ -111,6 +117,18 @@ def describe_model(path: str | Path, meta: dict) -> dict:
         "format": meta.get("format") or meta.get("source"),
         "classes": meta.get("classes"),
     }
+
+
+def _fmt_execution(execution: Optional[dict]) -> str:
+    """How the passes ran (``clead-train eval`` flags): what its times are times of."""
+    if not execution:
+        return ""
+    parts = [name for name, on in (("frozen", execution.get("frozen")), ("channels_last", execution.get("channels_last"))) if on]
+    workers = int(execution.get("workers") or 1)
+    threads = execution.get("threads_per_worker") if workers > 1 else execution.get("threads")
+    parts.append(f"{workers} worker{'s' if workers > 1 else ''} x {threads} thread{'s' if threads != 1 else ''}"
+                 if workers > 1 else f"{threads} thread{'s' if threads != 1 else ''}")
+    return "; " + ", ".join(parts)
 
 
 def record_metrics(artifact: Path, report: dict, environment: dict) -> Path:

@@ -89,19 +89,99 @@ def robust_mask(
     device: torch.device,
     desc: str = "attack",
     progress: bool = False,
+    *,
+    seed: int = 0,
+    workers: int = 1,
 ) -> torch.Tensor:
-    """Per-image robustness: correct on clean input and on the attack's output."""
+    """Per-image robustness: correct on clean input and on the attack's output.
+
+    The clean-correct images are attacked in batches of ``batch_size``, batch ``i`` from the
+    random state ``seed + i``: which random start an image gets depends on the batches alone,
+    not on the order they run in. With ``workers > 1`` (CPU only) that many forked processes
+    attack the batches side by side, each with an equal share of torch's threads: on a small
+    CPU, processes of one thread each get more out of the cores than one process's threads
+    do on batches this small (``python -m benchmarks.eval_layouts --workers 2``). The result
+    is the same function of the batches as with one worker (up to the order in which a
+    thread count sums floating-point numbers).
+    """
     robust = clean_correct.clone()
-    targets = clean_correct.nonzero().squeeze(1)
-    with _progress(len(targets), desc, progress) as bar:
-        for chunk, x in _batches(data.images, targets, batch_size, device):
-            y = data.labels[chunk].to(device)
-            x_adv = attack(model, x, y)
-            check_threat_model(x_adv, x, attack.eps, getattr(attack, "norm", "linf"), desc)
-            with torch.no_grad():
-                robust[chunk] = (model(x_adv).argmax(1) == y).cpu()
-            bar.update(len(chunk))
+    batches = list(clean_correct.nonzero().squeeze(1).split(batch_size))
+    job = _AttackBatches(model, attack, data, batches, torch.device(device), desc, seed)
+    with _progress(sum(len(b) for b in batches), desc, progress) as bar:
+        for i, result in job.run(workers):
+            robust[batches[i]] = result
+            bar.update(len(batches[i]))
     return robust
+
+
+class _AttackBatches:
+    """The batches of one ``robust_mask`` call, run here or in forked worker processes."""
+
+    def __init__(self, model, attack, data: ImageSet, batches: list[torch.Tensor], device: torch.device,
+                 desc: str, seed: int) -> None:
+        self.model, self.attack, self.data, self.batches = model, attack, data, batches
+        self.device, self.desc, self.seed = device, desc, seed
+
+    def __call__(self, i: int) -> torch.Tensor:
+        chunk = self.batches[i]
+        torch.manual_seed(self.seed + i)
+        x = self.data.images[chunk].to(self.device).float().div_(255)
+        y = self.data.labels[chunk].to(self.device)
+        x_adv = self.attack(self.model, x, y)
+        check_threat_model(x_adv, x, self.attack.eps, getattr(self.attack, "norm", "linf"), self.desc)
+        with torch.no_grad():
+            return (self.model(x_adv).argmax(1) == y).cpu()
+
+    def run(self, workers: int):
+        """Yield ``(batch index, robust mask)`` as batches finish."""
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, not {workers}")
+        if workers == 1 or len(self.batches) <= 1:
+            for i in range(len(self.batches)):
+                yield i, self(i)
+            return
+        if self.device.type != "cpu":
+            raise ValueError(f"workers > 1 runs forked CPU processes; on {self.device.type} evaluate with one")
+        import multiprocessing
+
+        global _FORKED
+        _FORKED = self  # inherited by the forked workers: nothing is pickled but batch numbers and results
+        threads = max(1, torch.get_num_threads() // workers)
+        try:
+            with multiprocessing.get_context("fork").Pool(min(workers, len(self.batches)), _start_worker, (threads,)) as pool:
+                for i, mask, stages in pool.imap_unordered(_work, range(len(self.batches))):
+                    if stages:
+                        self.attack.add_stage_log(stages)
+                    yield i, torch.tensor(mask, dtype=torch.bool)
+        finally:
+            _FORKED = None
+
+
+_FORKED: Optional[_AttackBatches] = None
+
+
+def _start_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+    if hasattr(_FORKED.attack, "mute_progress"):
+        _FORKED.attack.mute_progress()  # the parent's bar counts batches; workers draw none
+
+
+def _work(i: int) -> tuple[int, list[bool], list[dict]]:
+    attack = _FORKED.attack
+    before = attack.stage_log if hasattr(attack, "stage_log") else []
+    mask = _FORKED(i)
+    after = attack.stage_log if hasattr(attack, "stage_log") else []
+    return i, mask.tolist(), _stage_delta(before, after)
+
+
+def _stage_delta(before: list[dict], after: list[dict]) -> list[dict]:
+    """What one batch added to a multi-stage attack's ``stage_log``."""
+    old = {e["attack"]: e for e in before}
+    out = []
+    for entry in after:
+        prev = old.get(entry["attack"], {})
+        out.append({"attack": entry["attack"], **{k: v - prev.get(k, 0) for k, v in entry.items() if k != "attack"}})
+    return out
 
 
 def check_threat_model(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str, name: str, tol: float = 1e-5) -> None:
@@ -207,12 +287,14 @@ def evaluate(
     progress: bool = True,
     resume_from: Optional[dict] = None,
     on_update: Optional[Callable[[dict], None]] = None,
+    workers: int = 1,
 ) -> dict:
     """Clean and per-attack robust accuracy of ``model`` on ``n`` class-balanced images.
 
     Every attack runs from the same seed, so results do not depend on the order of the
     list. ``resume_from`` (an earlier report on the same images) skips attacks whose name,
-    eps and settings match; ``on_update`` receives the partial report after each attack.
+    eps and settings match; ``on_update`` receives the partial report after each attack;
+    ``workers`` CPU processes attack batches side by side (``robust_mask``).
     """
     specs = as_specs(attacks)
     device = torch.device(device)
@@ -235,7 +317,7 @@ def evaluate(
             "attacks": [],
         }
         for spec in specs:
-            entry = _run_one(model, spec, subset, clean, eps, n_classes, batch_size, device, seed, progress, previous)
+            entry = _run_one(model, spec, subset, clean, eps, n_classes, batch_size, device, seed, progress, previous, workers)
             report["attacks"].append(entry)
             report["worst_case"] = worst_case(report)
             if on_update:
@@ -255,17 +337,17 @@ def _reusable(resume_from: Optional[dict], data_info: dict) -> dict[str, dict]:
     return {json.dumps([r["attack"], r["settings"]], sort_keys=True): r for r in resume_from.get("attacks", [])}
 
 
-def _run_one(model, spec, subset, clean, eps, n_classes, batch_size, device, seed, progress, previous) -> dict:
+def _run_one(model, spec, subset, clean, eps, n_classes, batch_size, device, seed, progress, previous, workers) -> dict:
     attack = build_attack(spec, eps, n_classes, seed)
     settings = _jsonable(attack.settings())
     key = json.dumps([spec.name, settings], sort_keys=True)
     if key in previous:
         _say(f"{spec.label}: reusing the result in report.json (same settings and images)", progress)
         return {**previous[key], "label": spec.label, "resumed": True}
-    torch.manual_seed(seed)  # each attack's random starts independent of the list order
-    start = time.perf_counter()
+    start = time.perf_counter()  # robust_mask seeds each batch: random starts independent of the list order
     with _stage_progress(attack, spec.label, progress, chunk=min(batch_size, 100)):
-        robust = robust_mask(model, attack, subset, clean, batch_size, device, spec.label, progress)
+        robust = robust_mask(model, attack, subset, clean, batch_size, device, spec.label, progress,
+                             seed=seed, workers=workers)
     entry = {
         "attack": spec.name,
         "label": spec.label,
@@ -343,6 +425,7 @@ def robustness_curve(
     device: str | torch.device = "cpu",
     seed: int = 0,
     progress: bool = True,
+    workers: int = 1,
 ) -> dict:
     """Accuracy versus eps (L-inf attacks only) on ``n`` class-balanced images."""
     attacks, device = as_specs(attacks), torch.device(device)
@@ -359,10 +442,10 @@ def robustness_curve(
                 continue
             curves[spec.label] = []
             for i, eps in enumerate(eps_values):
-                torch.manual_seed(seed)
                 attack = build_attack(AttackSpec(spec.name, {**spec.settings, "eps": eps}, spec.label), eps, n_classes, seed)
                 desc = f"curve {spec.label} eps={fmt_eps(eps)}"
-                robust = robust_mask(model, attack, subset, clean, batch_size, device, desc, progress)
+                robust = robust_mask(model, attack, subset, clean, batch_size, device, desc, progress,
+                                     seed=seed, workers=workers)
                 curves[spec.label].append(robust.float().mean().item())
                 worst[i] &= robust
         if len(curves) > 1:

@@ -35,7 +35,7 @@ def run_sanity_checks(
     tol: float = 0.02, large_eps: float = 0.5, large_eps_max_accuracy: float = 0.05,
     pgd_steps: int = 10, strong_steps: int = 50, strong_restarts: int = 3, square_queries: int = 1000,
     autoattack: bool = True, autoattack_steps: int = 100, autoattack_queries: int = 5000,
-    batch_size: int = 256, device: str | torch.device = "cpu", seed: int = 0,
+    batch_size: int = 256, device: str | torch.device = "cpu", seed: int = 0, workers: int = 1,
 ) -> list[Check]:
     """Measure every check on images ``x`` ([0, 1] floats) with labels ``y``.
 
@@ -54,9 +54,9 @@ def run_sanity_checks(
         clean = correct_mask(model, data, batch_size, device)
 
         def acc(name: str, at_eps: float = eps, **settings) -> float:
-            torch.manual_seed(seed)
             attack = build_attack(AttackSpec(name, settings), at_eps, n_classes, seed)
-            return robust_mask(model, attack, data, clean, batch_size, device, name).float().mean().item()
+            return robust_mask(model, attack, data, clean, batch_size, device, name,
+                               seed=seed, workers=workers).float().mean().item()
 
         v = {"clean": clean.float().mean().item(), "fgsm": acc("fgsm"), "pgd": acc("pgd", steps=pgd_steps)}
         v["pgd_strong"] = acc("pgd", steps=strong_steps, restarts=strong_restarts)
