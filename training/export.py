@@ -95,6 +95,37 @@ def export_artifact(
     return out
 
 
+def copy_artifact(src: str | os.PathLike, out: str | os.PathLike, name: str | None = None,
+                  version: str | None = None) -> Path:
+    """Ship an exported artifact under another path and name, byte for byte.
+
+    The model file is copied unchanged, so its sha256, and every evaluation report that names
+    that sha256, still apply (``clead-train eval --resume`` reuses them); the metadata is the
+    source's with ``name`` (default: the ``out`` stem), ``version`` (if given), ``file`` and
+    ``copied_from`` updated. Re-exporting the checkpoint instead would give another file.
+    """
+    import shutil
+
+    src, out = Path(src), Path(out)
+    meta_file = metadata_path(src)
+    if not meta_file.is_file():
+        raise FileNotFoundError(f"{src} has no metadata beside it ({meta_file}); export the run instead")
+    meta = json.loads(meta_file.read_text())
+    if meta.get("sha256") != sha256_file(src):
+        raise ValueError(f"{src}: sha256 does not match {meta_file}; the file was changed or corrupted")
+    if Path(meta.get("file") or src.name).suffix != out.suffix:
+        raise ValueError(f"{src} is a {meta.get('format')} artifact; give --out a {src.suffix} path")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".tmp-{out.name}")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, out)
+    meta.update(name=name or out.stem, file=out.name, copied_from=str(src))
+    if version is not None:
+        meta["version"] = version
+    write_json_atomic(metadata_path(out), meta)
+    return out
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
@@ -152,11 +183,16 @@ def _is_torchscript(path: Path) -> bool:
         return any(name.endswith("constants.pkl") for name in zf.namelist())
 
 
+def is_artifact(path: Path) -> bool:
+    """An exported model file (``.pt2`` or TorchScript), not a training checkpoint."""
+    return path.is_file() and (path.suffix == ".pt2" or _is_torchscript(path))
+
+
 def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
     """Any model clead produces: an exported artifact (``.pt`` TorchScript, ``.pt2``), a
     training checkpoint, or a run directory. Returns (module in eval mode, metadata)."""
     path = Path(path)
-    if path.is_file() and (path.suffix == ".pt2" or _is_torchscript(path)):
+    if is_artifact(path):
         return load_artifact(path)
     model, state = model_from_checkpoint(path)
     meta = {

@@ -145,3 +145,27 @@ def test_metadata_lies_beside_the_artifact(model, tmp_path):
     path = export_artifact(model, tmp_path / "sub" / "m.pt", {"classes": list(CIFAR10_CLASSES), "name": "m"})
     meta = json.loads(metadata_path(path).read_text())
     assert meta["file"] == "m.pt" and meta["num_classes"] == 10 and meta["input_size"] == [3, 32, 32]
+
+
+def test_an_artifact_is_shipped_byte_for_byte_under_another_name(model, tmp_path, capsys):
+    """`clead-train export ARTIFACT --out models/x.pt`: the same file (so its evaluations, which
+    name its sha256, still apply), renamed in its metadata."""
+    from training.cli import main
+
+    src = export_artifact(model, tmp_path / "run" / "model.pt", {"classes": list(CIFAR10_CLASSES), "name": "C-LEAD"})
+    src_meta = json.loads(metadata_path(src).read_text())
+    assert main(["export", str(src), "--out", str(tmp_path / "models" / "clead.pt")]) == 0
+    shipped = tmp_path / "models" / "clead.pt"
+    assert shipped.read_bytes() == src.read_bytes()
+    meta = json.loads(metadata_path(shipped).read_text())
+    assert meta["name"] == "clead" and meta["file"] == "clead.pt" and meta["copied_from"] == str(src)
+    assert meta["sha256"] == src_meta["sha256"] and meta["classes"] == src_meta["classes"]
+    _, loaded = load_artifact(shipped)  # verifies the sha256 against the new metadata
+    assert loaded["name"] == "clead"
+    # A tampered source is refused, as is an option that only means something for a run.
+    assert main(["export", str(src), "--out", str(tmp_path / "x.pt"), "--which", "last"]) == 2
+    assert "copied as it is" in capsys.readouterr().err
+    with open(src, "ab") as fh:
+        fh.write(b"x")
+    assert main(["export", str(src), "--out", str(tmp_path / "y.pt")]) == 2
+    assert "sha256 does not match" in capsys.readouterr().err
