@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, module, help_text in (
         ("fit", fit, "train a classifier with C-LEAD or a baseline method"),
-        ("export", export, "export a run's best checkpoint as a self-contained artifact"),
+        ("export", export, "export a run's best checkpoint as a self-contained artifact, or ship an artifact under a new name"),
         ("eval", evaluate, "evaluate robustness under attacks and write a report"),
         ("views", views, "precompute adversarial views of the train split (for --method clead-fixed)"),
         ("suspicion", suspicion, "add the suspicion score to artifacts (augment) and measure it (eval)"),
