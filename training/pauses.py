@@ -12,7 +12,8 @@ children) with SIGSTOP, runs the command (or waits), and appends the pause to
 ``<run>/pauses.jsonl`` *before* resuming them with SIGCONT, so a reader never sees the run
 advance past an unrecorded pause. The run's clock keeps counting (``wall_seconds`` stays what
 the clock said); whoever reports the budget subtracts the ledger:
-:func:`net_wall_seconds`. Stopping a process some other way (``kill -STOP``, a suspended
+:func:`net_wall_seconds`. ``clead-train eval`` times its attacks with :func:`clock`, which
+subtracts the ledger as it goes. Stopping a process some other way (``kill -STOP``, a suspended
 machine) is not recorded and stays in the wall time.
 
 Finding the processes reads ``/proc`` (Linux); elsewhere pass ``--pid``.
@@ -100,6 +101,23 @@ def paused_seconds(run_dir: Optional[str | Path]) -> float:
 def net_wall_seconds(run_dir: Optional[str | Path], wall_seconds: Optional[float]) -> Optional[float]:
     """A run's wall time without its recorded pauses: what it cost to train."""
     return None if wall_seconds is None else wall_seconds - paused_seconds(run_dir)
+
+
+_watched: Optional[Path] = None  # the run whose ledger clock() subtracts (set by watch)
+
+
+def watch(run_dir: Optional[str | Path]) -> None:
+    """Make :func:`clock` leave out the pauses recorded for ``run_dir`` (None: none), for a
+    process that writes there: ``clead-train eval`` times each attack with it."""
+    global _watched
+    _watched = Path(run_dir) if run_dir is not None else None
+
+
+def clock() -> float:
+    """``time.perf_counter()`` less the pauses recorded so far for the watched run. A pause is
+    recorded before the process resumes, so the difference of two readings is the time the
+    process ran between them: a paused evaluation does not report the pause as attack time."""
+    return time.perf_counter() - (paused_seconds(_watched) if _watched is not None else 0.0)
 
 
 @contextmanager

@@ -103,7 +103,7 @@ def tiny_report(trained_tiny):
     model, test = trained_tiny
     updates = []
     report = evaluate(model, test, FAST_ATTACKS, eps=8 / 255, n=100, batch_size=64, progress=False,
-                      on_update=lambda r: updates.append(len(r["attacks"])))
+                      on_update=lambda r: updates.append((len(r["attacks"]), "partial" in r)))
     return report, updates
 
 
@@ -111,7 +111,9 @@ def tiny_report(trained_tiny):
 def test_evaluate_reports_every_attack(trained_tiny, tiny_report):
     model, test = trained_tiny
     report, updates = tiny_report
-    assert updates == [1, 2, 3, 4, 5]  # saved after every attack (resumable)
+    # Saved after every attack, and after every batch of the attack that runs (resumable).
+    assert [n for n, partial in updates if not partial] == [1, 2, 3, 4, 5]
+    assert {n for n, partial in updates if partial} == {0, 1, 2, 3, 4}
     idx = balanced_subset(test.labels, 100, 0)
     with torch.no_grad():
         clean = (model(test.images[idx].float() / 255).argmax(1) == test.labels[idx]).float().mean().item()
@@ -170,6 +172,42 @@ def test_workers_attack_the_same_batches_to_the_same_result(trained_tiny):
     assert strip(two["attacks"][2]["stages"]) == strip(one["attacks"][2]["stages"])
     assert two["attacks"][2]["stages"][0]["images"] == round(one["clean"]["accuracy"] * 60)
     assert torch.get_num_threads() == threads  # the workers' thread count stays in the workers
+
+
+@pytest.mark.cifar
+def test_an_attack_killed_mid_way_resumes_from_its_last_batch(trained_tiny):
+    """AutoAttack takes hours on a CPU: a run killed during it keeps the batches it finished
+    (report["partial"]), and the resumed run gives what an uninterrupted one gives."""
+    model, test = trained_tiny
+    attacks = "fgsm,pgd:steps=3,autoattack:steps=2:queries=10"
+    whole = evaluate(model, test, attacks, n=60, batch_size=8, progress=False)
+
+    class Killed(Exception):
+        pass
+
+    saved = []
+
+    def die_after_two_batches_of_autoattack(report):
+        saved.append(json.loads(json.dumps(report)))
+        partial = report.get("partial")
+        if partial and partial["attack"] == "autoattack" and len(partial["batches"]) == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        evaluate(model, test, attacks, n=60, batch_size=8, progress=False, on_update=die_after_two_batches_of_autoattack)
+    left = saved[-1]
+    assert [a["attack"] for a in left["attacks"]] == ["fgsm", "pgd"] and set(left["partial"]["batches"]) == {"0", "1"}
+    resumed = evaluate(model, test, attacks, n=60, batch_size=8, progress=False, resume_from=left)
+    assert "partial" not in resumed
+    assert [r["robust_mask"] for r in resumed["attacks"]] == [r["robust_mask"] for r in whole["attacks"]]
+    aa, aa_whole = resumed["attacks"][2], whole["attacks"][2]
+    assert aa["resumed_batches"] == 2 and "resumed_batches" not in aa_whole
+    strip = lambda stages: [(s["attack"], s["images"], s["broken"]) for s in stages]  # noqa: E731
+    assert strip(aa["stages"]) == strip(aa_whole["stages"])
+    # Another batch size makes other batches: the unfinished attack starts again, and says so.
+    with pytest.warns(UserWarning, match="unfinished autoattack.*starting it again"):
+        again = evaluate(model, test, attacks, n=60, batch_size=16, progress=False, resume_from=left)
+    assert "resumed_batches" not in again["attacks"][2]
 
 
 def test_robust_mask_seeds_each_batch_so_order_and_workers_do_not_matter():

@@ -101,3 +101,20 @@ def test_nothing_running_is_an_error_naming_the_directory(tmp_path, capsys):
     assert cli.main(["pause", str(tmp_path / "idle"), "--seconds", "1"]) == 2
     assert f"no running process writes to {tmp_path / 'idle'}" in capsys.readouterr().err
     assert not (tmp_path / "idle").exists()
+
+
+def test_the_clock_of_a_watched_run_leaves_its_recorded_pauses_out(tmp_path, monkeypatch):
+    """`clead-train eval` times attacks with pauses.clock(): a pause recorded in the ledger
+    while an attack ran is not part of the attack's seconds."""
+    from training import pauses
+
+    monkeypatch.setattr(pauses, "_watched", None)
+    t = [100.0]
+    monkeypatch.setattr(pauses.time, "perf_counter", lambda: t[0])
+    pauses.watch(tmp_path)
+    start = pauses.clock()
+    t[0] += 50  # 50 s pass, 30 of them stopped by `clead-train pause`
+    pauses.record(tmp_path, time.time(), 30.0, [1], "make test")
+    assert pauses.clock() - start == pytest.approx(20.0)
+    pauses.watch(None)
+    assert pauses.clock() == 150.0

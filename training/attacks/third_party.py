@@ -8,13 +8,13 @@ the CLI and the demo build them like any other. torchattacks is imported on firs
 
 from __future__ import annotations
 
-import time
 from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
 
 from training.attacks.base import Attack, Objective
+from training.pauses import clock
 
 
 def torchattacks_version() -> str:
@@ -165,7 +165,7 @@ class AutoAttack(TorchattacksAttack):
         remaining = torch.arange(x.shape[0], device=x.device)
         for name, attack in self.build_stages(model):
             attack.set_device(x.device)
-            start = time.perf_counter()
+            start = clock()
             fooled = torch.zeros(len(remaining), dtype=torch.bool, device=x.device)
             for part in torch.arange(len(remaining), device=x.device).split(self._chunk or len(remaining)):
                 idx = remaining[part]
@@ -178,7 +178,7 @@ class AutoAttack(TorchattacksAttack):
             log = self._stage_log.setdefault(name, {"images": 0, "broken": 0, "seconds": 0.0})
             log["images"] += len(remaining)
             log["broken"] += int(fooled.sum())
-            log["seconds"] += time.perf_counter() - start
+            log["seconds"] += clock() - start
             remaining = remaining[~fooled]
             if len(remaining) == 0:
                 break

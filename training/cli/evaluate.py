@@ -28,6 +28,7 @@ from training.evaluation import (
     DEFAULT_ATTACKS, balanced_subset, describe_model, evaluate, optimize_for_attack, parse_attacks, parse_n,
     plot_curve, record_metrics, render_markdown, robustness_curve, valid_attack_names,
 )
+from training.pauses import watch
 from training.runinfo import git_commit
 
 
@@ -88,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    watch(out)  # `clead-train pause OUT` stops this run; its attacks' seconds leave the pause out
 
     model, info, data, execution = _load(args, device)
     previous = _previous_report(out / "report.json", info) if args.resume else None

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-import time
 import warnings
 from contextlib import contextmanager
 from typing import Any, Callable, Optional, Sequence
@@ -27,6 +26,7 @@ from training.data import ImageSet
 from training.evaluation.specs import (
     DEFAULT_ATTACKS, AttackSpec, as_specs, build_attack, fmt_eps, implementation_of,
 )
+from training.pauses import clock
 
 # ---------------------------------------------------------------------------------------
 # Subsets and batched accuracy
@@ -92,6 +92,8 @@ def robust_mask(
     *,
     seed: int = 0,
     workers: int = 1,
+    done: Optional[dict[int, torch.Tensor]] = None,
+    on_batch: Optional[Callable[[int, torch.Tensor], None]] = None,
 ) -> torch.Tensor:
     """Per-image robustness: correct on clean input and on the attack's output.
 
@@ -102,15 +104,23 @@ def robust_mask(
     CPU, processes of one thread each get more out of the cores than one process's threads
     do on batches this small (``python -m benchmarks.eval_layouts --workers 2``). The result
     is the same function of the batches as with one worker (up to the order in which a
-    thread count sums floating-point numbers).
+    thread count sums floating-point numbers). For the same reason a long attack can resume
+    batch by batch: ``done`` holds the masks of batches already attacked (skipped here), and
+    ``on_batch(i, mask)`` hears of each batch as it finishes.
     """
     robust = clean_correct.clone()
     batches = list(clean_correct.nonzero().squeeze(1).split(batch_size))
+    done = done or {}
+    for i, mask in done.items():
+        robust[batches[i]] = mask
     job = _AttackBatches(model, attack, data, batches, torch.device(device), desc, seed)
     with _progress(sum(len(b) for b in batches), desc, progress) as bar:
-        for i, result in job.run(workers):
+        bar.update(sum(len(batches[i]) for i in done))
+        for i, result in job.run(workers, skip=set(done)):
             robust[batches[i]] = result
             bar.update(len(batches[i]))
+            if on_batch:
+                on_batch(i, result)
     return robust
 
 
@@ -132,12 +142,13 @@ class _AttackBatches:
         with torch.no_grad():
             return (self.model(x_adv).argmax(1) == y).cpu()
 
-    def run(self, workers: int):
-        """Yield ``(batch index, robust mask)`` as batches finish."""
+    def run(self, workers: int, skip: frozenset[int] | set[int] = frozenset()):
+        """Yield ``(batch index, robust mask)`` as batches finish (all but ``skip``)."""
         if workers < 1:
             raise ValueError(f"workers must be >= 1, not {workers}")
-        if workers == 1 or len(self.batches) <= 1:
-            for i in range(len(self.batches)):
+        todo = [i for i in range(len(self.batches)) if i not in skip]
+        if workers == 1 or len(todo) <= 1:
+            for i in todo:
                 yield i, self(i)
             return
         if self.device.type != "cpu":
@@ -148,8 +159,8 @@ class _AttackBatches:
         _FORKED = self  # inherited by the forked workers: nothing is pickled but batch numbers and results
         threads = max(1, torch.get_num_threads() // workers)
         try:
-            with multiprocessing.get_context("fork").Pool(min(workers, len(self.batches)), _start_worker, (threads,)) as pool:
-                for i, mask, stages in pool.imap_unordered(_work, range(len(self.batches))):
+            with multiprocessing.get_context("fork").Pool(min(workers, len(todo)), _start_worker, (threads,)) as pool:
+                for i, mask, stages in pool.imap_unordered(_work, todo):
                     if stages:
                         self.attack.add_stage_log(stages)
                     yield i, torch.tensor(mask, dtype=torch.bool)
@@ -293,8 +304,10 @@ def evaluate(
 
     Every attack runs from the same seed, so results do not depend on the order of the
     list. ``resume_from`` (an earlier report on the same images) skips attacks whose name,
-    eps and settings match; ``on_update`` receives the partial report after each attack;
-    ``workers`` CPU processes attack batches side by side (``robust_mask``).
+    eps and settings match, and continues an attack it left unfinished from its last finished
+    batch (the report's ``partial``); ``on_update`` receives the report after each attack and,
+    while an attack runs, after each of its batches (with ``partial``); ``workers`` CPU
+    processes attack batches side by side (``robust_mask``).
     """
     specs = as_specs(attacks)
     device = torch.device(device)
@@ -303,21 +316,30 @@ def evaluate(
     data_info = {"n": len(subset), "of": len(data), "seed": seed, "class_balanced": n is not None,
                  "indices_sha1": _fingerprint(index, data)}
     previous = _reusable(resume_from, data_info)
+    same_images = bool(resume_from) and resume_from.get("data", {}).get("indices_sha1") == data_info["indices_sha1"]
+    unfinished = resume_from.get("partial") if same_images else None  # an attack a killed run left half done
     was_training = prepare_model(model, device)
     try:
         with torch.no_grad():
             n_classes = int(model(subset.images[:1].to(device).float() / 255).shape[1])
-        start = time.perf_counter()
+        start = clock()
         clean = correct_mask(model, subset, batch_size, device, progress)
         report: dict[str, Any] = {
             "eps": eps,
             "data": data_info,
             "clean": {"accuracy": clean.float().mean().item(), "n": len(subset),
-                      "seconds": time.perf_counter() - start, "correct_mask": _mask_str(clean)},
+                      "seconds": clock() - start, "correct_mask": _mask_str(clean)},
             "attacks": [],
         }
+        def save_partial(partial: dict) -> None:
+            report["partial"] = partial
+            if on_update:
+                on_update(report)
+
         for spec in specs:
-            entry = _run_one(model, spec, subset, clean, eps, n_classes, batch_size, device, seed, progress, previous, workers)
+            entry = _run_one(model, spec, subset, clean, eps, n_classes, batch_size, device, seed, progress, previous,
+                             workers, unfinished, save_partial)
+            report.pop("partial", None)
             report["attacks"].append(entry)
             report["worst_case"] = worst_case(report)
             if on_update:
@@ -337,17 +359,35 @@ def _reusable(resume_from: Optional[dict], data_info: dict) -> dict[str, dict]:
     return {json.dumps([r["attack"], r["settings"]], sort_keys=True): r for r in resume_from.get("attacks", [])}
 
 
-def _run_one(model, spec, subset, clean, eps, n_classes, batch_size, device, seed, progress, previous, workers) -> dict:
+def _run_one(model, spec, subset, clean, eps, n_classes, batch_size, device, seed, progress, previous, workers,
+             unfinished: Optional[dict] = None, save_partial: Optional[Callable[[dict], None]] = None) -> dict:
     attack = build_attack(spec, eps, n_classes, seed)
     settings = _jsonable(attack.settings())
     key = json.dumps([spec.name, settings], sort_keys=True)
     if key in previous:
         _say(f"{spec.label}: reusing the result in report.json (same settings and images)", progress)
         return {**previous[key], "label": spec.label, "resumed": True}
-    start = time.perf_counter()  # robust_mask seeds each batch: random starts independent of the list order
+    partial = {"attack": spec.name, "settings": settings, "batch_size": batch_size, "seed": seed,
+               "correct_mask": _mask_str(clean), "batches": {}, "seconds": 0.0}
+    done = _finished_batches(unfinished, partial, clean, batch_size)
+    if done:
+        partial.update(batches=dict(unfinished["batches"]), seconds=float(unfinished.get("seconds", 0.0)))
+        if unfinished.get("stages") and hasattr(attack, "add_stage_log"):
+            attack.add_stage_log(unfinished["stages"])
+        _say(f"{spec.label}: continuing after the {len(done)} batches report.json holds", progress)
+    before, start = partial["seconds"], clock()  # robust_mask seeds each batch
+
+    def on_batch(i: int, mask: torch.Tensor) -> None:
+        partial["batches"][str(i)] = _mask_str(mask)
+        partial["seconds"] = before + clock() - start
+        if hasattr(attack, "stage_log"):
+            partial["stages"] = attack.stage_log
+        if save_partial:
+            save_partial(partial)
+
     with _stage_progress(attack, spec.label, progress, chunk=min(batch_size, 100)):
         robust = robust_mask(model, attack, subset, clean, batch_size, device, spec.label, progress,
-                             seed=seed, workers=workers)
+                             seed=seed, workers=workers, done=done, on_batch=on_batch)
     entry = {
         "attack": spec.name,
         "label": spec.label,
@@ -357,13 +397,36 @@ def _run_one(model, spec, subset, clean, eps, n_classes, batch_size, device, see
         "eps": attack.eps,
         "norm": getattr(attack, "norm", "linf"),
         "settings": settings,
-        "seconds": time.perf_counter() - start,
+        "seconds": before + clock() - start,
         "robust_mask": _mask_str(robust),
     }
+    if done:
+        entry["resumed_batches"] = len(done)
     if hasattr(attack, "stage_log"):  # AutoAttack: where the time went, stage by stage
         entry["stages"] = attack.stage_log
     _say(f"{spec.label}: {100 * entry['accuracy']:.2f}% robust ({entry['seconds']:.1f} s)", progress)
     return entry
+
+
+def _finished_batches(unfinished: Optional[dict], partial: dict, clean: torch.Tensor,
+                      batch_size: int) -> dict[int, torch.Tensor]:
+    """The batches an interrupted run of this very attack finished: same attack, settings,
+    seed, batch size and clean-correct images (so the same batches), else none."""
+    if not unfinished:
+        return {}
+    same = all(unfinished.get(k) == partial[k] for k in ("attack", "settings", "seed", "batch_size", "correct_mask"))
+    if not same:
+        if unfinished.get("attack") == partial["attack"]:
+            warnings.warn(f"--resume: the unfinished {partial['attack']} in report.json ran with other settings, "
+                          "seed, batch size or clean predictions; starting it again")
+        return {}
+    sizes = [len(b) for b in clean.nonzero().squeeze(1).split(batch_size)]
+    done = {}
+    for i, bits in unfinished.get("batches", {}).items():
+        if not (0 <= int(i) < len(sizes)) or len(bits) != sizes[int(i)]:
+            raise ValueError(f"report.json: unfinished batch {i} does not fit the batches of this run")
+        done[int(i)] = _mask_of(bits)
+    return done
 
 
 @contextmanager
