@@ -184,7 +184,10 @@ def _eval_flags(plan: Plan) -> dict[str, list[str]]:
     attacks = "fgsm,pgd20" if plan.smoke else cfg.get("attacks", "fgsm,pgd20,autoattack")
     n = "100" if plan.smoke else str(cfg.get("n", 1000))
     clean_n = "500" if plan.smoke else str(cfg.get("clean_n", "all"))
+    # sanity: true, or no-autoattack (the check AutoAttack <= PGD then uses the main table's images).
     sanity = ["--sanity"] if cfg.get("sanity") and not plan.smoke else []
+    if sanity and cfg.get("sanity") == "no-autoattack":
+        sanity.append("--no-sanity-autoattack")
     curve = ["--curve-n", "50"] if plan.smoke else []
     # How the evaluations compute, never what they measure (e.g. --channels-last, --threads):
     # clead-train eval refuses a faster model whose logits differ from the artifact's.

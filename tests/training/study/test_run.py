@@ -105,6 +105,9 @@ def test_the_shipped_spec_builds_a_plan(tmp_path):
     assert all("," not in row["name"] for row in spec["rows"])  # --only splits on commas
     ablations = [row for row in spec["rows"] if row.get("role") == "ablation"]
     assert all(f"fit:{row['name']}" in plan.jobs["select:C-LEAD (previous recipe)"].needs for row in ablations)
+    # The sanity checks run without AutoAttack (sanity: no-autoattack); the 1,000-image table has it.
+    attacks = plan.jobs["eval:C-LEAD:eval-ship-clead"].argv
+    assert "--sanity" in attacks and "--no-sanity-autoattack" in attacks and "autoattack" in attacks[attacks.index("--attacks") + 1]
 
 
 def test_clead_train_study_checks_its_rows(tmp_path, capsys):
