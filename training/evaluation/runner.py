@@ -302,61 +302,59 @@ def evaluate(
 ) -> dict:
     """Clean and per-attack robust accuracy of ``model`` on ``n`` class-balanced images.
 
-    Every attack runs from the same seed, so results do not depend on the order of the
-    list. ``resume_from`` (an earlier report on the same images) skips attacks whose name,
-    eps and settings match, and continues an attack it left unfinished from its last finished
-    batch (the report's ``partial``); ``on_update`` receives the report after each attack and,
-    while an attack runs, after each of its batches (with ``partial``); ``workers`` CPU
-    processes attack batches side by side (``robust_mask``).
+    Every attack runs from the same seed, so results do not depend on the order of the list.
+    ``resume_from`` (an earlier report on the same images) skips attacks whose name, eps and
+    settings match and continues the one it left unfinished (``partial``) after its last
+    batch; ``on_update`` gets the report after each attack and each batch (with ``partial``);
+    ``workers`` CPU processes attack batches side by side (``robust_mask``).
     """
-    specs = as_specs(attacks)
-    device = torch.device(device)
-    index = balanced_subset(data.labels, n, seed)
-    subset = data.subset(index)
-    data_info = {"n": len(subset), "of": len(data), "seed": seed, "class_balanced": n is not None,
-                 "indices_sha1": _fingerprint(index, data)}
-    previous = _reusable(resume_from, data_info)
-    same_images = bool(resume_from) and resume_from.get("data", {}).get("indices_sha1") == data_info["indices_sha1"]
-    unfinished = resume_from.get("partial") if same_images else None  # an attack a killed run left half done
+    specs, device = as_specs(attacks), torch.device(device)
+    subset, data_info = _subset_of(data, n, seed)
+    previous, unfinished = _reusable(resume_from, data_info)
     was_training = prepare_model(model, device)
     try:
         with torch.no_grad():
             n_classes = int(model(subset.images[:1].to(device).float() / 255).shape[1])
         start = clock()
         clean = correct_mask(model, subset, batch_size, device, progress)
-        report: dict[str, Any] = {
-            "eps": eps,
-            "data": data_info,
-            "clean": {"accuracy": clean.float().mean().item(), "n": len(subset),
-                      "seconds": clock() - start, "correct_mask": _mask_str(clean)},
-            "attacks": [],
-        }
-        def save_partial(partial: dict) -> None:
-            report["partial"] = partial
+        report: dict[str, Any] = {"eps": eps, "data": data_info, "clean": {
+            "accuracy": clean.float().mean().item(), "n": len(subset), "seconds": clock() - start,
+            "correct_mask": _mask_str(clean)}, "attacks": []}
+
+        def save_partial(partial: dict) -> None:  # after each batch of the attack that runs
             if on_update:
-                on_update(report)
+                on_update({**report, "partial": partial})
 
         for spec in specs:
             entry = _run_one(model, spec, subset, clean, eps, n_classes, batch_size, device, seed, progress, previous,
                              workers, unfinished, save_partial)
-            report.pop("partial", None)
             report["attacks"].append(entry)
             report["worst_case"] = worst_case(report)
             if on_update:
                 on_update(report)
-        report["worst_case"] = worst_case(report)
+        report["worst_case"] = worst_case(report)  # also with no attacks
         return report
     finally:
         model.train(was_training)
 
 
-def _reusable(resume_from: Optional[dict], data_info: dict) -> dict[str, dict]:
+def _subset_of(data: ImageSet, n: Optional[int], seed: int) -> tuple[ImageSet, dict]:
+    """The seeded class-balanced subset, and what a report says of it (its fingerprint)."""
+    index = balanced_subset(data.labels, n, seed)
+    return data.subset(index), {"n": len(index), "of": len(data), "seed": seed, "class_balanced": n is not None,
+                                "indices_sha1": _fingerprint(index, data)}
+
+
+def _reusable(resume_from: Optional[dict], data_info: dict) -> tuple[dict[str, dict], Optional[dict]]:
+    """The earlier report's finished attacks by (name, settings), and the attack it left
+    unfinished (``partial``), if it was made on the same images."""
     if not resume_from:
-        return {}
+        return {}, None
     if resume_from.get("data", {}).get("indices_sha1") != data_info["indices_sha1"]:
         warnings.warn("--resume: the earlier report used other images (n, seed or data differ); re-running every attack")
-        return {}
-    return {json.dumps([r["attack"], r["settings"]], sort_keys=True): r for r in resume_from.get("attacks", [])}
+        return {}, None
+    done = {json.dumps([r["attack"], r["settings"]], sort_keys=True): r for r in resume_from.get("attacks", [])}
+    return done, resume_from.get("partial")
 
 
 def _run_one(model, spec, subset, clean, eps, n_classes, batch_size, device, seed, progress, previous, workers,
