@@ -66,7 +66,8 @@ def test_the_run_and_its_children_are_stopped_while_the_command_runs(fake_fit, c
     assert entries[0]["why"].startswith(sys.executable)
     before = (run / "parent.count").read_text()
     time.sleep(0.3)
-    assert (run / "parent.count").read_text() != before and {state(p) for p in pids} <= {"S", "R"}  # resumed
+    # Resumed: counting again, and no longer stopped (running, sleeping, or inside a write: D).
+    assert (run / "parent.count").read_text() != before and not {state(p) for p in pids} & {"T", "t"}
     assert "stopped 2 process(es)" in capsys.readouterr().err
 
 
