@@ -28,6 +28,7 @@ from training.evaluation import (
     DEFAULT_ATTACKS, balanced_subset, describe_model, evaluate, optimize_for_attack, parse_attacks, parse_n,
     plot_curve, record_metrics, render_markdown, robustness_curve, valid_attack_names,
 )
+from training.evaluation.runner import threads_per_worker
 from training.pauses import watch
 from training.runinfo import git_commit
 
@@ -139,7 +140,7 @@ def _load(args: argparse.Namespace, device: torch.device) -> tuple[torch.nn.Modu
         raise ValueError(f"--workers {args.workers}: give 1 or more, and more than 1 only on the CPU")
     model, execution = optimize_for_attack(model.to(device), data.images[:64].to(device).float() / 255,
                                            args.freeze, args.channels_last)
-    execution.update(workers=args.workers, threads_per_worker=max(1, execution["threads"] // args.workers))
+    execution.update(workers=args.workers, threads_per_worker=threads_per_worker(args.workers))
     _check_classes(info.get("classes"), data)
     return model, info, data, execution
 

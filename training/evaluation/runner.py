@@ -157,7 +157,7 @@ class _AttackBatches:
 
         global _FORKED
         _FORKED = self  # inherited by the forked workers: nothing is pickled but batch numbers and results
-        threads = max(1, torch.get_num_threads() // workers)
+        threads = threads_per_worker(workers)
         try:
             with multiprocessing.get_context("fork").Pool(min(workers, len(todo)), _start_worker, (threads,)) as pool:
                 for i, mask, stages in pool.imap_unordered(_work, todo):
@@ -169,6 +169,11 @@ class _AttackBatches:
 
 
 _FORKED: Optional[_AttackBatches] = None
+
+
+def threads_per_worker(workers: int) -> int:
+    """Each worker's share of torch's CPU threads (at least one)."""
+    return max(1, torch.get_num_threads() // workers)
 
 
 def _start_worker(threads: int) -> None:
