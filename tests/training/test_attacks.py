@@ -75,6 +75,60 @@ def test_attack_restores_model_mode_and_leaves_weights_alone(trained_tiny, name)
     # Attacks run in eval mode, so even BatchNorm running statistics stay put.
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert all(p.grad is None for p in model.parameters())
+    assert all(p.requires_grad for p in model.parameters()), "the weights' requires_grad should be restored"
+
+
+class _Recorder(torch.nn.Module):
+    """The model, recording per forward pass whether autograd was on and whether any weight
+    required a gradient."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.calls = model, []
+        self.train(model.training)  # a new module is in train mode; attacks restore the mode they find
+
+    def forward(self, x):
+        self.calls.append({"grad": torch.is_grad_enabled() and x.requires_grad,
+                           "weights_need_grad": any(p.requires_grad for p in self.model.parameters())})
+        return self.model(x)
+
+
+@pytest.mark.parametrize("restarts", [1, 2])
+def test_apgd_runs_one_forward_pass_per_step(trained_tiny, restarts):
+    """The fooled check reuses the logits of the gradient's forward pass: per run, one pass for
+    the random start and one per step, plus one clean pass for the whole attack."""
+    model, x, y = _batch(trained_tiny, 16)
+    recorder = _Recorder(model)
+    steps = 7
+    create_attack("apgd-ce", eps=0.5 / 255, steps=steps, restarts=restarts)(recorder, x, y)
+    grad_passes = sum(c["grad"] for c in recorder.calls)
+    assert grad_passes == restarts * (steps + 1)
+    assert len(recorder.calls) == grad_passes + 1
+
+
+def test_apgd_objective_on_another_tensor_gets_a_separate_fooled_check(trained_tiny):
+    """An objective that feeds the model something other than the attacked images themselves
+    (here the same values in a new tensor) gets a second forward pass for the fooled check, and
+    the attack is exactly the one with the built-in objective."""
+    model, x, y = _batch(trained_tiny, 32)
+    indirect = lambda m, xa, t: torch.nn.functional.cross_entropy(m(xa * 1.0), t, reduction="none")  # noqa: E731
+    torch.manual_seed(0)
+    direct_adv = create_attack("apgd-ce", eps=EPS, steps=10)(model, x, y)
+    torch.manual_seed(0)
+    recorder = _Recorder(model)
+    indirect_adv = create_attack("apgd-ce", eps=EPS, steps=10)(recorder, x, y, objective=indirect)
+    assert torch.equal(direct_adv, indirect_adv)
+    assert len(recorder.calls) == 1 + 2 * (10 + 1)
+
+
+def test_torchattacks_runs_with_the_weights_frozen(trained_tiny):
+    """torchattacks' FAB calls backward(): the adapter freezes the weights so that only the
+    input's gradient is computed, and gives them back their requires_grad afterwards."""
+    model, x, y = _batch(trained_tiny, 8)
+    recorder = _Recorder(model)
+    _build("autoattack", eps=EPS)(recorder, x, y)
+    assert recorder.calls and not any(c["weights_need_grad"] for c in recorder.calls)
+    assert all(p.requires_grad and p.grad is None for p in model.parameters())
 
 
 def test_unknown_attack_lists_valid_names():

@@ -110,9 +110,8 @@ class APGD(Attack):
 
         step = torch.full((n,), 2.0 * self.eps, device=x.device)
         x_cur = self.random_init(x)
-        loss, grad = self.grad_of(objective, model, x_cur, y)
-        with torch.no_grad():
-            fooled = self._fooled(model(x_cur), y)
+        loss, grad, logits = self.grad_and_logits(objective, model, x_cur, y)
+        fooled = self._fooled(logits, y)
         x_found = torch.where(fooled.view(shape), x_cur, x)
         x_best, loss_best, grad_best = x_cur.clone(), loss.clone(), grad.clone()
         loss_best_at_check = loss_best.clone()
@@ -128,9 +127,8 @@ class APGD(Attack):
             x_next = self.project(x_cur + momentum * (z - x_cur) + (1 - momentum) * (x_cur - x_prev), x)
             x_prev, x_cur = x_cur, x_next
 
-            loss, grad = self.grad_of(objective, model, x_cur, y)
-            with torch.no_grad():
-                now_fooled = self._fooled(model(x_cur), y)
+            loss, grad, logits = self.grad_and_logits(objective, model, x_cur, y)
+            now_fooled = self._fooled(logits, y)
             newly = now_fooled & ~fooled
             x_found[newly] = x_cur[newly]
             fooled |= now_fooled

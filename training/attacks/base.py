@@ -159,6 +159,23 @@ class Attack:
         (grad,) = torch.autograd.grad(loss.sum(), x_adv)
         return loss.detach(), grad.detach()
 
+    @staticmethod
+    def grad_and_logits(objective: Objective, model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor):
+        """``grad_of`` plus the logits at ``x_adv``, for attacks that also check which samples
+        are fooled (APGD). The logits are those of the objective's own forward pass when it
+        calls the model once, on ``x_adv`` itself (every built-in objective does): the same
+        numbers as a second forward pass, at no extra cost. An objective that calls the model
+        otherwise (on a transformed input, or through another method) gets the second pass."""
+        tap = _LogitsTap(model)
+        x_adv = x_adv.detach().requires_grad_(True)
+        loss = objective(tap, x_adv, y)
+        (grad,) = torch.autograd.grad(loss.sum(), x_adv)
+        logits = tap.logits_at(x_adv)
+        if logits is None:
+            with torch.no_grad():
+                logits = model(x_adv.detach())
+        return loss.detach(), grad.detach(), logits
+
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in self.settings().items())
         return f"{type(self).__name__}({fields})"
@@ -166,3 +183,28 @@ class Attack:
     def settings(self) -> dict:
         """Public settings, for reports and run configs."""
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+
+class _LogitsTap:
+    """Stands in for the model inside an objective: calls it, and remembers the logits of
+    each call with the input it was given. Attribute access reaches the model itself, so an
+    objective that uses another of its methods (e.g. ``features``) still works; those calls
+    are not recorded."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self._model = model
+        self._calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._model(x)
+        self._calls.append((x, out))
+        return out
+
+    def __getattr__(self, name: str):
+        return getattr(self._model, name)
+
+    def logits_at(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """The detached logits of the one call made on ``x`` itself; None otherwise."""
+        if len(self._calls) == 1 and self._calls[0][0] is x and isinstance(self._calls[0][1], torch.Tensor):
+            return self._calls[0][1].detach()
+        return None
