@@ -34,9 +34,22 @@ def versions() -> dict[str, str]:
             "python": sys.version.split()[0]}
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else the architecture: timings on
+    CPUs of one architecture still differ by vendor and vector units."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def hardware(device: torch.device, world_size: int = 1) -> str:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         return f"{world_size} x {name}" if world_size > 1 else name
     cores = torch.get_num_threads()
-    return f"CPU ({platform.processor() or platform.machine()}, {cores} threads) x {world_size} process(es)"
+    return f"CPU ({cpu_model()}, {cores} threads) x {world_size} process(es)"

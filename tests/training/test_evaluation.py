@@ -319,6 +319,9 @@ def test_cli_writes_report_curve_and_resumes(trained_tiny, cifar_root, tmp_path,
     assert markdown in printed
     assert "| attack | implementation | settings | eps | n | accuracy | seconds |" in markdown
     assert "torchattacks 3.5.1" in markdown and "worst case" in markdown and "8/255" in markdown
+    # Timings depend on the CPU model, so the report names it.
+    from training.runinfo import cpu_model
+    assert report["environment"]["cpu"] == cpu_model() and f"device cpu ({cpu_model()})" in markdown
 
     assert _cli(*args, "--resume", "--no-curve") == 0
     resumed = json.loads((out / "report.json").read_text())
@@ -509,3 +512,18 @@ def test_freeze_refuses_a_model_that_is_not_torchscript():
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2))
     with pytest.raises(ValueError, match="TorchScript"):
         optimize_for_attack(model, torch.rand(2, 3, 2, 2), freeze=True)
+
+
+def test_cpu_model_reads_cpuinfo_and_falls_back_to_the_architecture(monkeypatch, tmp_path):
+    import platform
+
+    from training import runinfo
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9B14\n")
+    real_path = runinfo.Path
+    monkeypatch.setattr(runinfo, "Path", lambda p: cpuinfo if p == "/proc/cpuinfo" else real_path(p))
+    assert runinfo.cpu_model() == "AMD EPYC 9B14"
+    assert "AMD EPYC 9B14" in runinfo.hardware(torch.device("cpu"))
+    cpuinfo.write_text("processor\t: 0\n")  # e.g. some ARM kernels: no model name
+    assert runinfo.cpu_model() == (platform.processor() or platform.machine())

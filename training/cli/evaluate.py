@@ -30,7 +30,7 @@ from training.evaluation import (
 )
 from training.evaluation.runner import threads_per_worker
 from training.pauses import watch
-from training.runinfo import git_commit
+from training.runinfo import cpu_model, git_commit
 
 
 # ---------------------------------------------------------------------------------------
@@ -77,8 +77,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _environment(device: torch.device, command: str) -> dict:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": name, "torch": torch.__version__,
-            "torchattacks": torchattacks_version(), "git_commit": git_commit(), "command": command}
+    env = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": name, "torch": torch.__version__,
+           "torchattacks": torchattacks_version(), "git_commit": git_commit(), "command": command}
+    if device.type == "cpu":
+        env["cpu"] = cpu_model()  # the seconds of each attack depend on it
+    return env
 
 
 def run(args: argparse.Namespace) -> int:

@@ -74,7 +74,7 @@ def render_markdown(report: dict) -> str:
         lines.append(f"- AutoAttack: standard suite (APGD-CE, APGD-T, FAB-T, Square) run by {', '.join(third)}")
     env = report.get("environment", {})
     if env:
-        lines.append(f"- run: {env.get('date')}, device {env.get('device')}, torch {env.get('torch')}, "
+        lines.append(f"- run: {env.get('date')}, device {env.get('device')}{_fmt_cpu(env)}, torch {env.get('torch')}, "
                      f"commit {str(env.get('git_commit'))[:10]}{_fmt_execution(env.get('execution'))}")
     lines += ["", "| attack | implementation | settings | eps | n | accuracy | seconds |", "|---|---|---|---|---|---|---|"]
     c = report["clean"]
@@ -117,6 +117,10 @@ def describe_model(path: str | Path, meta: dict) -> dict:
         "format": meta.get("format") or meta.get("source"),
         "classes": meta.get("classes"),
     }
+
+
+def _fmt_cpu(env: dict) -> str:
+    return f" ({env['cpu']})" if env.get("cpu") else ""
 
 
 def _fmt_execution(execution: Optional[dict]) -> str:
