@@ -121,3 +121,34 @@ def test_eval_workers_times_one_process_against_workers_on_the_same_batches(tmp_
     out = capsys.readouterr().out
     assert "| pgd:steps=2 |" in out and "| square:queries=5 |" in out
     assert out.count("| yes |") == 2  # the workers attacked the same batches to the same result
+
+
+@pytest.mark.cifar
+def test_autoattack_cost_counts_the_passes_of_every_stage_and_projects_a_report(tmp_path, cifar_root, trained_tiny, capsys):
+    from benchmarks.autoattack_cost import FULL_ITERATIONS, main, measure, projection
+    from training.export import export_artifact
+
+    model, _ = trained_tiny
+    path = export_artifact(model, tmp_path / "m.pt", {"classes": [str(i) for i in range(10)]})
+    result = measure(str(path), str(cifar_root), n=6, steps=3, queries=4)
+    rows = {r["label"]: r for r in result["rows"]}
+    n = result["n"]
+    assert n == 6
+    # APGD makes one pass with gradients per step (and one for its random start), one clean pass.
+    assert rows["apgd-ce (clead)"]["grad_passes"] == n * (3 + 1) and rows["apgd-ce (clead)"]["plain_passes"] == n
+    assert rows["square (torchattacks)"]["grad_passes"] == 0 and rows["square (torchattacks)"]["plain_passes"] >= n
+    assert rows["fab-t, weights not frozen"]["grad_passes"] == rows["fab-t (torchattacks)"]["grad_passes"]
+    assert all(r["seconds"] > 0 and 0 <= r["robust"] <= n for r in rows.values())
+
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"attacks": [{"attack": "autoattack", "stages": [
+        {"attack": "apgd-ce", "images": 10, "broken": 4, "seconds": 1.0},
+        {"attack": "square", "images": 6, "broken": 0, "seconds": 1.0}]}]}))
+    projected = dict((stage, seconds) for stage, _, seconds in projection(result, str(report)))
+    assert projected["apgd-ce"] == pytest.approx(10 * FULL_ITERATIONS["apgd-ce"] * rows["apgd-ce (torchattacks)"]["per_iteration"])
+    assert projected["square"] == pytest.approx(6 * 5000 * rows["square (torchattacks)"]["per_iteration"])
+
+    assert main(["--model", str(path), "--data", str(cifar_root), "--n", "4", "--steps", "2", "--queries", "3",
+                 "--report", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert "| fab-t, weights not frozen |" in out and "projected minutes" in out
