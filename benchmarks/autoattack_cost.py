@@ -14,7 +14,7 @@ requiring gradients, as torchattacks leaves them (its ``backward()`` then comput
 gradients too); ``clead-train eval`` freezes them.
 
 Iterations are cut (``--steps``, ``--queries``) so that it runs in minutes; per-iteration costs
-do not depend on the count. ``--report`` projects the full suite (100 steps, 9 target classes,
+do not depend on the count. ``--report`` (or ``--images``) projects the full suite (100 steps, 9 target classes,
 5,000 queries) onto the images each stage attacked in that report's AutoAttack stage log: every
 image is charged every iteration, exact for the images that stay robust (most of what FAB-T and
 Square see) and an upper bound for the ones broken early.
@@ -55,7 +55,7 @@ class Counting(nn.Module):
         return self.model(x)
 
 
-def pass_costs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, reps: int = 5) -> tuple[float, float]:
+def pass_costs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, reps: int = 20) -> tuple[float, float]:
     """Seconds per image of a bare forward pass, and of forward + backward to the input."""
     def forward():
         with torch.no_grad():
@@ -134,14 +134,21 @@ def measure(path: str, data_root: str, n: int, steps: int, queries: int, eps: fl
     return {"n": len(y), "forward": forward, "forward_backward": forward_backward, "rows": rows}
 
 
-def projection(result: dict, report_path: str) -> list[tuple[str, int, float]]:
-    """(stage, images it attacked in the report, projected seconds at full settings)."""
+def stage_images(report_path: str) -> list[int]:
+    """Images each AutoAttack stage attacked, from a report's stage log."""
     report = json.loads(open(report_path).read())
     log = next((r.get("stages") for r in report["attacks"] if r["attack"] == "autoattack" and r.get("stages")), None)
     if not log:
-        raise SystemExit(f"{report_path} has no AutoAttack stage log to project onto")
+        raise SystemExit(f"{report_path} has no AutoAttack stage log to project onto; give --images instead")
+    return [int(s["images"]) for s in log]
+
+
+def projection(result: dict, images: list[int]) -> list[tuple[str, int, float]]:
+    """(stage, images it attacks, projected seconds at full settings), stage by stage."""
+    from training.attacks.third_party import AutoAttack
+
     cost = {r["stage"]: r["per_iteration"] for r in result["rows"] if r["label"].endswith("(torchattacks)")}
-    return [(s["attack"], int(s["images"]), s["images"] * FULL_ITERATIONS[s["attack"]] * cost[s["attack"]]) for s in log]
+    return [(stage, k, k * FULL_ITERATIONS[stage] * cost[stage]) for stage, k in zip(AutoAttack.STAGES, images)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,8 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=64, help="correctly classified test images attacked (one batch)")
     p.add_argument("--steps", type=int, default=10, help="steps of APGD and FAB (the suite uses 100)")
     p.add_argument("--queries", type=int, default=100, help="Square's queries (the suite uses 5,000)")
-    p.add_argument("--report", help="an evaluation report.json with an AutoAttack stage log to project onto")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--report", help="an evaluation report.json with an AutoAttack stage log to project onto")
+    where.add_argument("--images", help="images each stage attacks, comma-separated (APGD-CE: the clean-correct "
+                                        "ones, then what each stage leaves robust), e.g. 611,384,339,339")
     args = p.parse_args(argv)
+    images = stage_images(args.report) if args.report else [int(v) for v in args.images.split(",")] if args.images else None
     result = measure(args.model, args.data, args.n, args.steps, args.queries)
     ms = 1000
     print(f"{args.model}: {result['n']} correctly classified test images in one batch, channels_last, "
@@ -164,10 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     for r in result["rows"]:
         print(f"| {r['label']} | {r['seconds']:.1f} | {r['grad_passes']} | {r['plain_passes']} | {r['overhead']:.2f}x "
               f"| {ms * r['per_iteration']:.2f} | {r['robust']}/{result['n']} |")
-    if args.report:
-        rows = projection(result, args.report)
+    if images:
+        rows = projection(result, images)
         total = sum(s for _, _, s in rows)
-        print(f"\nFull suite projected onto the stage log of {args.report} (every image charged every iteration):\n")
+        source = f"the stage log of {args.report}" if args.report else f"{args.images} images"
+        print(f"\nFull suite projected onto {source} (every image charged every iteration):\n")
         print("| stage | images | projected minutes |\n|---|---|---|")
         for stage, images, seconds in rows:
             print(f"| {stage} | {images} | {seconds / 60:.1f} |")

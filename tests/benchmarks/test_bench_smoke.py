@@ -125,7 +125,7 @@ def test_eval_workers_times_one_process_against_workers_on_the_same_batches(tmp_
 
 @pytest.mark.cifar
 def test_autoattack_cost_counts_the_passes_of_every_stage_and_projects_a_report(tmp_path, cifar_root, trained_tiny, capsys):
-    from benchmarks.autoattack_cost import FULL_ITERATIONS, main, measure, projection
+    from benchmarks.autoattack_cost import FULL_ITERATIONS, main, measure, projection, stage_images
     from training.export import export_artifact
 
     model, _ = trained_tiny
@@ -143,9 +143,11 @@ def test_autoattack_cost_counts_the_passes_of_every_stage_and_projects_a_report(
     report = tmp_path / "report.json"
     report.write_text(json.dumps({"attacks": [{"attack": "autoattack", "stages": [
         {"attack": "apgd-ce", "images": 10, "broken": 4, "seconds": 1.0},
-        {"attack": "square", "images": 6, "broken": 0, "seconds": 1.0}]}]}))
-    projected = dict((stage, seconds) for stage, _, seconds in projection(result, str(report)))
+        {"attack": "apgd-t", "images": 6, "broken": 0, "seconds": 1.0}]}]}))
+    assert stage_images(str(report)) == [10, 6]
+    projected = dict((stage, seconds) for stage, _, seconds in projection(result, [10, 8, 6, 6]))
     assert projected["apgd-ce"] == pytest.approx(10 * FULL_ITERATIONS["apgd-ce"] * rows["apgd-ce (torchattacks)"]["per_iteration"])
+    assert projected["apgd-t"] == pytest.approx(8 * 900 * rows["apgd-t (torchattacks)"]["per_iteration"])
     assert projected["square"] == pytest.approx(6 * 5000 * rows["square (torchattacks)"]["per_iteration"])
 
     assert main(["--model", str(path), "--data", str(cifar_root), "--n", "4", "--steps", "2", "--queries", "3",
