@@ -167,14 +167,12 @@ class Attack:
         numbers as a second forward pass, at no extra cost. An objective that calls the model
         otherwise (on a transformed input, or through another method) gets the second pass."""
         tap = _LogitsTap(model)
-        x_adv = x_adv.detach().requires_grad_(True)
-        loss = objective(tap, x_adv, y)
-        (grad,) = torch.autograd.grad(loss.sum(), x_adv)
+        loss, grad = Attack.grad_of(objective, tap, x_adv, y)
         logits = tap.logits_at(x_adv)
         if logits is None:
             with torch.no_grad():
                 logits = model(x_adv.detach())
-        return loss.detach(), grad.detach(), logits
+        return loss, grad, logits
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in self.settings().items())
@@ -204,7 +202,11 @@ class _LogitsTap:
         return getattr(self._model, name)
 
     def logits_at(self, x: torch.Tensor) -> Optional[torch.Tensor]:
-        """The detached logits of the one call made on ``x`` itself; None otherwise."""
-        if len(self._calls) == 1 and self._calls[0][0] is x and isinstance(self._calls[0][1], torch.Tensor):
-            return self._calls[0][1].detach()
-        return None
+        """The detached logits of the one call made on ``x``'s values (``x`` or a detached
+        alias of it: the same storage, shape and strides); None otherwise."""
+        if len(self._calls) != 1:
+            return None
+        seen, out = self._calls[0]
+        same = (seen.data_ptr() == x.data_ptr() and seen.shape == x.shape and seen.stride() == x.stride()
+                and seen.dtype == x.dtype)
+        return out.detach() if same and isinstance(out, torch.Tensor) else None
