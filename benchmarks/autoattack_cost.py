@@ -77,8 +77,6 @@ def pass_costs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, reps: int = 2
 
 def stages(steps: int, queries: int, eps: float):
     """(name, what the ``iterations`` column counts, attack(model, x, y)) for every row."""
-    import torchattacks as ta
-
     from training.attacks.third_party import AutoAttack
 
     suite = AutoAttack(eps=eps, steps=steps, queries=queries)
@@ -86,7 +84,7 @@ def stages(steps: int, queries: int, eps: float):
             for name in AutoAttack.STAGES]
 
     def fab_unfrozen(m, x, y):
-        attack = ta.FAB(m, norm="Linf", eps=eps, steps=steps, n_restarts=1, multi_targeted=True, n_classes=10, seed=0)
+        attack = dict(suite.build_stages(m))["fab-t"]  # the suite's own FAB-T, settings and all
         for p in m.parameters():
             p.requires_grad_(True)
         try:
