@@ -24,7 +24,7 @@ HW = "1 x NVIDIA H100"
 
 
 def write_run(root: Path, name: str, method: str, wall: float, val: list[tuple[float, float]], best: int,
-              hardware: str = HW, finished: bool = True, **method_settings) -> str:
+              hardware: str = HW, finished: bool = True, amp: str = "fp32", **method_settings) -> str:
     """A run directory: config.yaml, metrics.jsonl (one line per (val clean, val robust) epoch), summary.json."""
     run = root / "runs" / name
     run.mkdir(parents=True)
@@ -33,7 +33,8 @@ def write_run(root: Path, name: str, method: str, wall: float, val: list[tuple[f
     history = [{"epoch": i + 1, "val_clean_acc": c, "val_robust_acc": r, "val_n": 500, "wall_seconds": wall * (i + 1) / len(val),
                 "best": i + 1 == best} for i, (c, r) in enumerate(val)]
     (run / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
-    info = {"command": f"clead-train fit --method {method} --out {run}", "git_commit": "abc1234", "hardware": hardware}
+    info = {"command": f"clead-train fit --method {method} --out {run}", "git_commit": "abc1234", "hardware": hardware,
+            "amp": amp}
     (run / "run.json").write_text(json.dumps(info))
     if finished:
         summary = {**info, "epochs_run": len(val), "best_epoch": best, "wall_seconds": wall, "final": history[-1]}
@@ -89,6 +90,16 @@ def test_table_numbers_come_from_the_files(tmp_path):
     assert cells[8:] == ["1000 / 1000", "2.00 h", "2/2 (best 2)", HW]
     assert table_row(md, "PGD-AT (`pgd-at`)")[1] == "80.50"
     assert "Every row has its files." in md and all(not r.missing for r in rows)
+
+
+def test_the_hardware_cell_names_a_reduced_training_precision(tmp_path):
+    spec = main_rows(tmp_path)
+    spec["rows"].append({"name": "C-LEAD bf16", "method": "clead", "role": "main",
+                         "run": write_run(tmp_path, "bf16-clead", "clead", 900.0, [(0.5, 0.3)], best=1,
+                                          hardware="CPU (AMD EPYC, 2 threads) x 1 process(es)", amp="bfloat16")})
+    md, _, _ = build_study(spec, tmp_path)
+    assert table_row(md, "C-LEAD bf16 (`clead`)")[-1] == "CPU (AMD EPYC, 2 threads) x 1 process(es), bf16 autocast"
+    assert table_row(md, "C-LEAD (`clead`)")[-1] == HW  # fp32: nothing added
 
 
 @pytest.mark.parametrize("aa, clean, verdict", [
