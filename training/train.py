@@ -298,7 +298,7 @@ def _fit(cfg: C.TrainConfig, dist_info: DistInfo, device: torch.device, command:
     trainer.build(train)
     if cfg.amp == "auto" and device.type == "cpu" and cpu_bf16_native():
         x, y = next(iter(BatchLoader(train.head(cfg.data.batch_size), cfg.data.batch_size, device)))
-        trainer.probe_cpu_amp(x, y)
+        trainer.probe_cpu_amp(x[:, :3], y)  # with --fixed-views the view rides along as 3 more channels
     if cfg.resume:
         trainer.load(load_resumable(out / LAST, map_location=device))  # falls back to last.prev.pt
     else:

@@ -220,9 +220,13 @@ TINY_FIT = ["--model", "tiny_cnn", "--epochs", "1", "--batch-size", "16", "--opt
 
 
 def test_fixed_views_are_made_once_and_train_clead_fixed(tmp_path, monkeypatch):
+    import training.train
     from training.data import load_split
 
     monkeypatch.setenv("CLEAD_CACHE", str(tmp_path / "cache"))
+    # As on a CPU with native bf16, whatever this one has: --amp auto then times a step in fp32 and
+    # bf16 first, which must take the images of the (image, view) pairs, not all 6 channels.
+    monkeypatch.setattr(training.train, "cpu_bf16_native", lambda: True)
     data = _folder_dataset(tmp_path / "data")
     source = tmp_path / "standard"
     assert run_cli("--method", "standard", "--data", str(data), "--out", str(source), *TINY_FIT) == 0

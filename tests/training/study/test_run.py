@@ -106,7 +106,7 @@ def test_the_shipped_spec_builds_a_plan(tmp_path):
     ablations = [row for row in spec["rows"] if row.get("role") == "ablation"]
     assert all(f"fit:{row['name']}" in plan.jobs["select:C-LEAD (previous recipe)"].needs for row in ablations)
     # The sanity checks run without AutoAttack (sanity: no-autoattack); the 1,000-image table has it.
-    attacks = plan.jobs["eval:C-LEAD:eval-ship-clead"].argv
+    attacks = plan.jobs["eval:C-LEAD:eval-ship-e10-clead"].argv
     assert "--sanity" in attacks and "--no-sanity-autoattack" in attacks and "autoattack" in attacks[attacks.index("--attacks") + 1]
 
 
