@@ -201,6 +201,11 @@ class Trainer:
             return ema_score, "ema"
         return score, "model"
 
+    @property
+    def amp_name(self) -> str:
+        """The autocast dtype of the training steps: bfloat16, float16 or fp32."""
+        return str(self.dtype).replace("torch.", "") if self.dtype else "fp32"
+
     def probe_cpu_amp(self, x: torch.Tensor, y: torch.Tensor, repeats: int = 2) -> None:
         """``--amp auto`` on a CPU with native bf16: time a forward and backward pass in fp32 and
         under bf16 autocast on a copy of the model and keep bf16 only if it is faster (how much
@@ -249,6 +254,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
+            "amp": self.amp_name,  # the autocast dtype the steps ran under, kept on --resume
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "selected": metrics.get("selected_weights", "model"),  # whose weights best.pt exports
             "rng": rng,
@@ -262,6 +268,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
+        if self.cfg.amp == "auto" and "amp" in state:  # auto chose it when the run started: keep it
+            self.dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(state["amp"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
         self.epoch, self.best, self.history = state["epoch"], state["best"], list(state["history"])
@@ -296,11 +304,13 @@ def _fit(cfg: C.TrainConfig, dist_info: DistInfo, device: torch.device, command:
     train, val = load_train_val(cfg.data)
     trainer = Trainer(cfg, dist_info, device)
     trainer.build(train)
-    if cfg.amp == "auto" and device.type == "cpu" and cpu_bf16_native():
+    state = load_resumable(out / LAST, map_location=device) if cfg.resume else None  # or last.prev.pt
+    # A resumed run keeps the precision it started with (Trainer.load); a new one on a CPU probes.
+    if cfg.amp == "auto" and device.type == "cpu" and cpu_bf16_native() and "amp" not in (state or {}):
         x, y = next(iter(BatchLoader(train.head(cfg.data.batch_size), cfg.data.batch_size, device)))
         trainer.probe_cpu_amp(x[:, :3], y)  # with --fixed-views the view rides along as 3 more channels
-    if cfg.resume:
-        trainer.load(load_resumable(out / LAST, map_location=device))  # falls back to last.prev.pt
+    if state is not None:
+        trainer.load(state)
     else:
         torch.manual_seed(cfg.seed * 1000 + dist_info.rank)  # independent attack noise per rank
     info = _run_info(cfg, trainer, out, command, len(train), len(val))
@@ -324,13 +334,14 @@ def _run_info(cfg: C.TrainConfig, trainer: "Trainer", out: Path, command: str, n
     the main process also writes ``config.yaml`` and ``run.json``."""
     info = {"command": command, "git_commit": git_commit(), "versions": versions(),
             "hardware": hardware(trainer.device, trainer.dist.world_size), "train_images": n_train,
-            "val_images": n_val, "amp": str(trainer.dtype).replace("torch.", "") if trainer.dtype else "fp32",
-            **({"amp_probe": trainer.amp_probe} if trainer.amp_probe else {})}
+            "val_images": n_val, "amp": trainer.amp_name, **({"amp_probe": trainer.amp_probe} if trainer.amp_probe else {})}
     if cfg.resume and (out / "run.json").is_file():
         # Keep the command that started the run; record the resumptions beside it.
         first = json.loads((out / "run.json").read_text())
         info["command"] = first.get("command", command)
         info["resumed_with"] = [*first.get("resumed_with", []), command]
+        if "amp_probe" in first:  # the measurement that chose the precision the run keeps
+            info["amp_probe"] = first["amp_probe"]
     if trainer.dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(C.to_dict(cfg), sort_keys=False))

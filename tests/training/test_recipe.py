@@ -127,7 +127,8 @@ def test_ema_run_validates_both_and_best_exports_the_selected_weights(cifar_root
 def test_ema_run_resumes_to_the_same_average(cifar_root, tmp_path, monkeypatch):
     from training import train
 
-    args = ["--method", "pgd-at", "--ema-decay", "0.9", "--data", str(cifar_root), *FAST]
+    # fp32 both times: on a CPU with bf16, --amp auto's timed probe could pick another precision per run.
+    args = ["--method", "pgd-at", "--ema-decay", "0.9", "--amp", "off", "--data", str(cifar_root), *FAST]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert cli.main(["fit", *args, "--out", str(straight)]) == 0
 
@@ -147,6 +148,37 @@ def test_ema_run_resumes_to_the_same_average(cifar_root, tmp_path, monkeypatch):
     a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(resumed / "last.pt")
     for key in a["ema"]:
         torch.testing.assert_close(a["ema"][key].float(), b["ema"][key].float(), rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_a_resumed_run_keeps_the_precision_it_started_with(cifar_root, tmp_path, monkeypatch):
+    from training import train
+
+    monkeypatch.setattr(train, "cpu_bf16_native", lambda: True)  # --amp auto probes, whatever this CPU has
+    choices = iter([torch.bfloat16, None])  # timing noise: a second probe would pick fp32
+
+    def probe(self, x, y, repeats=2):
+        self.dtype = next(choices)
+        self.amp_probe = {"chosen": "bf16" if self.dtype else "fp32"}
+
+    monkeypatch.setattr(train.Trainer, "probe_cpu_amp", probe)
+    real_epoch, calls = train.Trainer.train_epoch, []
+
+    def dies_in_the_second_epoch(self):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_epoch(self)
+
+    out = tmp_path / "run"
+    args = ["fit", "--method", "pgd-at", "--data", str(cifar_root), *FAST, "--out", str(out)]
+    monkeypatch.setattr(train.Trainer, "train_epoch", dies_in_the_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(args)
+    monkeypatch.setattr(train.Trainer, "train_epoch", real_epoch)
+    assert cli.main([*args, "--resume"]) == 0
+    info = json.loads((out / "run.json").read_text())
+    assert info["amp"] == "bfloat16" and info["amp_probe"] == {"chosen": "bf16"} and info["resumed_with"]
+    assert load_checkpoint(out / "last.pt")["amp"] == "bfloat16"
 
 
 # -- catastrophic overfitting ---------------------------------------------------------------------------
