@@ -175,6 +175,22 @@ def test_workers_attack_the_same_batches_to_the_same_result(trained_tiny):
 
 
 @pytest.mark.cifar
+def test_workers_that_could_not_run_autograd_leave_the_batches_to_this_process(trained_tiny, monkeypatch):
+    """A process whose forked children PyTorch refuses autograd (see autograd_survives_fork) gets
+    the same masks from its own process, and a warning that says why it is slower."""
+    from training.evaluation import runner
+
+    assert runner.autograd_survives_fork()  # this test process: plain backward passes only
+    model, test = trained_tiny
+    one = evaluate(model, test, "pgd:steps=3", n=40, batch_size=16, progress=False)
+    monkeypatch.setattr(runner, "autograd_survives_fork", lambda: False)
+    monkeypatch.setattr("multiprocessing.get_context", lambda *a: pytest.fail("forked workers anyway"))
+    with pytest.warns(UserWarning, match="Autograd-and-Fork"):
+        two = evaluate(model, test, "pgd:steps=3", n=40, batch_size=16, progress=False, workers=2)
+    assert two["attacks"][0]["robust_mask"] == one["attacks"][0]["robust_mask"]
+
+
+@pytest.mark.cifar
 def test_an_attack_killed_mid_way_resumes_from_its_last_batch(trained_tiny):
     """AutoAttack takes hours on a CPU: a run killed during it keeps the batches it finished
     (report["partial"]), and the resumed run gives what an uninterrupted one gives."""
@@ -197,7 +213,13 @@ def test_an_attack_killed_mid_way_resumes_from_its_last_batch(trained_tiny):
         evaluate(model, test, attacks, n=60, batch_size=8, progress=False, on_update=die_after_two_batches_of_autoattack)
     left = saved[-1]
     assert [a["attack"] for a in left["attacks"]] == ["fgsm", "pgd"] and set(left["partial"]["batches"]) == {"0", "1"}
-    resumed = evaluate(model, test, attacks, n=60, batch_size=8, progress=False, resume_from=left)
+    # Until AutoAttack runs again, every save of the resumed run keeps its finished batches, and
+    # a run that does not reach it hands them on.
+    saved.clear()
+    shorter = evaluate(model, test, "fgsm,pgd:steps=3", n=60, batch_size=8, progress=False, resume_from=left,
+                       on_update=saved.append)
+    assert shorter["partial"] == left["partial"] and all(s["partial"] == left["partial"] for s in saved)
+    resumed = evaluate(model, test, attacks, n=60, batch_size=8, progress=False, resume_from=shorter)
     assert "partial" not in resumed
     assert [r["robust_mask"] for r in resumed["attacks"]] == [r["robust_mask"] for r in whole["attacks"]]
     aa, aa_whole = resumed["attacks"][2], whole["attacks"][2]
@@ -527,3 +549,45 @@ def test_cpu_model_reads_cpuinfo_and_falls_back_to_the_architecture(monkeypatch,
     assert "AMD EPYC 9B14" in runinfo.hardware(torch.device("cpu"))
     cpuinfo.write_text("processor\t: 0\n")  # e.g. some ARM kernels: no model name
     assert runinfo.cpu_model() == (platform.processor() or platform.machine())
+
+
+def _tiny_report(attacks: list[dict], environment: dict) -> dict:
+    return {"model": {"path": "m.pt", "sha256": "0" * 64, "name": "m", "method": "standard"},
+            "data": {"n": 10, "of": 10, "class_balanced": False, "seed": 0, "source": "d", "split": "test"},
+            "eps": 8 / 255, "clean": {"n": 10, "accuracy": 0.9, "seconds": 0.1}, "environment": environment,
+            "attacks": [{"attack": a["label"], "implementation": "clead", "settings": {}, "eps": 8 / 255,
+                         "norm": "linf", "n": 10, "accuracy": 0.5, "seconds": 1.0, **a} for a in attacks]}
+
+
+def test_resumed_attacks_keep_where_they_ran_and_the_report_says_so():
+    """--resume rewrites the report's environment; the seconds of a reused attack stay tied to
+    the machine that measured them."""
+    from training.cli.evaluate import stamp_provenance
+    from training.evaluation.report import render_markdown
+
+    earlier = {"date": "2026-01-01T00:00:00+00:00", "device": "cpu", "cpu": "AMD EPYC", "git_commit": "a" * 40}
+    now = {"date": "2026-02-01T00:00:00+00:00", "device": "cpu", "cpu": "Intel Xeon", "git_commit": "b" * 40,
+           "torch": "2", "command": "clead-train eval"}
+    older = {"date": "2025-12-01T00:00:00+00:00", "device": "cuda", "git_commit": "c" * 40}
+    attacks = [{"label": "fgsm", "resumed": True}, {"label": "pgd"}, {"label": "cw", "resumed": True, "ran": older}]
+    stamp_provenance(attacks, now, earlier)
+    assert attacks[0]["ran"] == earlier and attacks[2]["ran"] == older
+    assert attacks[1]["ran"] == {k: now[k] for k in ("date", "device", "cpu", "git_commit")}
+    markdown = render_markdown(_tiny_report(attacks, now))
+    assert "- reused from an earlier run (--resume): fgsm: 2026-01-01T00:00:00+00:00, device cpu (AMD EPYC), commit aaaaaaaaaa" in markdown
+    assert "- reused from an earlier run (--resume): cw: 2025-12-01T00:00:00+00:00, device cuda, commit cccccccccc" in markdown
+    assert "pgd:" not in markdown.split("| attack |")[0]  # this run's own attack is not listed as reused
+
+
+def test_resume_accepts_the_reports_of_the_file_an_augmented_artifact_was_built_from(tmp_path):
+    """clead-train suspicion augment writes a new file (new sha256) whose logits it checked to be
+    bit-identical to the original's: the original's reports resume; another model's do not."""
+    from training.cli.evaluate import _previous_report
+
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps({"model": {"sha256": "a" * 64}, "attacks": []}))
+    assert _previous_report(path, {"sha256": "b" * 64, "logits_from": "a" * 64})["model"]["sha256"] == "a" * 64
+    with pytest.raises(ValueError, match="another model"):
+        _previous_report(path, {"sha256": "b" * 64})
+    with pytest.raises(ValueError, match="another model"):
+        _previous_report(path, {"sha256": "b" * 64, "logits_from": "c" * 64})

@@ -55,6 +55,9 @@ def test_augmented_logits_are_bit_identical_and_metadata_kept(plain_artifact, tm
     assert meta["metrics"] == {"clean_acc": 0.5}
     assert meta["suspicion"]["threshold"] == 0.95
     assert meta["suspicion"]["logits_from"] == json.loads(plain_artifact.with_suffix(".json").read_text())["sha256"]
+    from training.evaluation.report import describe_model  # so clead-train eval --resume takes the original's reports
+    assert describe_model(out, meta)["logits_from"] == meta["suspicion"]["logits_from"]
+    assert "logits_from" not in describe_model(plain_artifact, json.loads(plain_artifact.with_suffix(".json").read_text()))
 
 
 def test_rebuild_from_an_augmented_artifact_gives_the_same_classifier(plain_artifact, tmp_path):

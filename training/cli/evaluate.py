@@ -113,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
     report = evaluate(model, data, specs, eps, n, args.batch_size, device, args.seed, progress, previous, on_update=save,
                       workers=args.workers)
     report.update(kept)  # save() has already added the data source and split
+    stamp_provenance(report["attacks"], header["environment"], (previous or {}).get("environment"))
     if not args.no_curve and curve_specs and curve_eps:
         _add_curve(report, previous, args, model, data, curve_specs, curve_eps, device, out / "robustness_curve.png",
                    f"{info['name']}: accuracy vs eps")
@@ -126,6 +127,21 @@ def run(args: argparse.Namespace) -> int:
     (out / "report.md").write_text(markdown)
     print(markdown)
     return 0
+
+
+def stamp_provenance(attacks: list[dict], environment: dict, previous: Optional[dict]) -> None:
+    """Record in each attack entry where it ran (``ran``: date, device, CPU, commit).
+
+    The report's ``environment`` is this call's; an attack that ``--resume`` reused keeps its own
+    ``ran``, or takes the previous report's environment, where it did run, so that its seconds
+    stay tied to the machine that measured them.
+    """
+    keys = ("date", "device", "cpu", "git_commit")
+    for entry in attacks:
+        if "ran" in entry:
+            continue
+        source = previous if entry.get("resumed") and previous else environment
+        entry["ran"] = {k: source[k] for k in keys if source.get(k) is not None}
 
 
 def _load(args: argparse.Namespace, device: torch.device) -> tuple[torch.nn.Module, dict, ImageSet, dict]:
@@ -195,6 +211,6 @@ def _previous_report(path: Path, info: dict) -> Optional[dict]:
     if not path.is_file():
         return None
     old = json.loads(path.read_text())
-    if old.get("model", {}).get("sha256") != info["sha256"]:
+    if old.get("model", {}).get("sha256") not in (info["sha256"], info.get("logits_from")):
         raise ValueError(f"{path} belongs to another model (sha256 differs); use another --out or drop --resume")
     return old

@@ -76,6 +76,7 @@ def render_markdown(report: dict) -> str:
     if env:
         lines.append(f"- run: {env.get('date')}, device {env.get('device')}{_fmt_cpu(env)}, torch {env.get('torch')}, "
                      f"commit {str(env.get('git_commit'))[:10]}{_fmt_execution(env.get('execution'))}")
+    lines += _fmt_reused(report["attacks"], env)
     lines += ["", "| attack | implementation | settings | eps | n | accuracy | seconds |", "|---|---|---|---|---|---|---|"]
     c = report["clean"]
     lines.append(f"| clean | - | - | 0 | {c['n']} | {100 * c['accuracy']:.2f}% | {c['seconds']:.1f} |")
@@ -109,7 +110,7 @@ def describe_model(path: str | Path, meta: dict) -> dict:
 
     path = Path(path)
     file = path if path.is_file() else resolve_checkpoint(path)
-    return {
+    info = {
         "path": str(path),
         "name": meta.get("name") or path.stem,
         "sha256": meta.get("sha256") or sha256_file(file),
@@ -117,10 +118,28 @@ def describe_model(path: str | Path, meta: dict) -> dict:
         "format": meta.get("format") or meta.get("source"),
         "classes": meta.get("classes"),
     }
+    # An artifact with the suspicion score (clead-train suspicion augment) was checked to give the
+    # logits of the file it was built from, bit for bit: that file's reports are this one's.
+    logits_from = (meta.get("suspicion") or {}).get("logits_from")
+    if logits_from:
+        info["logits_from"] = logits_from
+    return info
 
 
 def _fmt_cpu(env: dict) -> str:
     return f" ({env['cpu']})" if env.get("cpu") else ""
+
+
+def _fmt_reused(attacks: list[dict], env: dict) -> list[str]:
+    """One line per earlier run whose attacks ``--resume`` reused: their seconds are that run's."""
+    earlier: dict[tuple, list[str]] = {}
+    for r in attacks:
+        ran = r.get("ran")
+        if ran and (ran.get("date"), ran.get("git_commit")) != (env.get("date"), env.get("git_commit")):
+            earlier.setdefault((ran.get("date"), ran.get("device"), ran.get("cpu"), ran.get("git_commit")), []).append(r["label"])
+    return [f"- reused from an earlier run (--resume): {', '.join(labels)}: {date}, device {device}"
+            f"{f' ({cpu})' if cpu else ''}, commit {str(commit)[:10]}"
+            for (date, device, cpu, commit), labels in earlier.items()]
 
 
 def _fmt_execution(execution: Optional[dict]) -> str:

@@ -153,6 +153,13 @@ class _AttackBatches:
             return
         if self.device.type != "cpu":
             raise ValueError(f"workers > 1 runs forked CPU processes; on {self.device.type} evaluate with one")
+        if not autograd_survives_fork():
+            warnings.warn("--workers: PyTorch refuses autograd in processes forked from this one (it has started "
+                          "autograd threads, https://github.com/pytorch/pytorch/wiki/Autograd-and-Fork); attacking "
+                          "the batches here, one after the other: the same results, without the workers' speed-up")
+            for i in todo:
+                yield i, self(i)
+            return
         import multiprocessing
 
         global _FORKED
@@ -169,6 +176,28 @@ class _AttackBatches:
 
 
 _FORKED: Optional[_AttackBatches] = None
+
+
+def autograd_survives_fork() -> bool:
+    """Whether a process forked from this one can run a backward pass.
+
+    Once a process has started autograd's helper threads, PyTorch refuses backward in its forked
+    children ("Unable to handle autograd's threading in combination with fork-based
+    multiprocessing"); a forked probe finds out before the workers do.
+    """
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        return pool.apply(_backward_works)
+
+
+def _backward_works() -> bool:
+    x = torch.ones(2, requires_grad=True)
+    try:
+        (2 * x).sum().backward()
+    except RuntimeError:
+        return False
+    return bool(torch.equal(x.grad, torch.full((2,), 2.0)))
 
 
 def threads_per_worker(workers: int) -> int:
@@ -330,15 +359,20 @@ def evaluate(
             if on_update:
                 on_update({**report, "partial": partial})
 
+        # The earlier run's unfinished attack stays in every save until that attack runs again,
+        # so a run killed before reaching it loses none of its batches.
+        pending = unfinished
         for spec in specs:
             entry = _run_one(model, spec, subset, clean, eps, n_classes, batch_size, device, seed, progress, previous,
                              workers, unfinished, save_partial)
             report["attacks"].append(entry)
             report["worst_case"] = worst_case(report)
+            if pending and pending.get("attack") == spec.name:
+                pending = None
             if on_update:
-                on_update(report)
+                on_update({**report, "partial": pending} if pending else report)
         report["worst_case"] = worst_case(report)  # also with no attacks
-        return report
+        return {**report, "partial": pending} if pending else report
     finally:
         model.train(was_training)
 
