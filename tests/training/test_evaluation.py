@@ -183,11 +183,43 @@ def test_workers_that_could_not_run_autograd_leave_the_batches_to_this_process(t
     assert runner.autograd_survives_fork()  # this test process: plain backward passes only
     model, test = trained_tiny
     one = evaluate(model, test, "pgd:steps=3", n=40, batch_size=16, progress=False)
-    monkeypatch.setattr(runner, "autograd_survives_fork", lambda: False)
+    monkeypatch.setattr(runner, "autograd_survives_fork", lambda threads: False)
     monkeypatch.setattr("multiprocessing.get_context", lambda *a: pytest.fail("forked workers anyway"))
     with pytest.warns(UserWarning, match="Autograd-and-Fork"):
         two = evaluate(model, test, "pgd:steps=3", n=40, batch_size=16, progress=False, workers=2)
     assert two["attacks"][0]["robust_mask"] == one["attacks"][0]["robust_mask"]
+
+
+def test_the_fork_probe_sees_a_child_that_dies_or_hangs(monkeypatch):
+    """The probe watches the child's exit, so an aborted or stuck child reads as "no" rather
+    than leaving the evaluation waiting (as multiprocessing.Pool does for a dead worker)."""
+    import os
+    import signal
+    import time
+
+    from training.evaluation import runner
+
+    monkeypatch.setattr(runner, "_probe_backward", lambda threads: os.kill(os.getpid(), signal.SIGKILL))
+    assert not runner.autograd_survives_fork()
+    monkeypatch.setattr(runner, "_probe_backward", lambda threads: time.sleep(30))
+    started = time.monotonic()
+    assert not runner.autograd_survives_fork(timeout_s=1)
+    assert time.monotonic() - started < 10
+
+
+@pytest.mark.cifar
+def test_a_worker_that_dies_is_an_error_not_a_hang(trained_tiny, monkeypatch):
+    import os
+
+    from training.evaluation import runner
+
+    model, test = trained_tiny
+    real = runner._AttackBatches.__call__
+    monkeypatch.setattr(runner._AttackBatches, "__call__",
+                        lambda self, i: os._exit(9) if i == 1 and os.getpid() != parent else real(self, i))
+    parent = os.getpid()
+    with pytest.raises(RuntimeError, match="worker process died.*--resume"):
+        evaluate(model, test, "fgsm", n=60, batch_size=8, progress=False, workers=2)
 
 
 @pytest.mark.cifar

@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
+import os
 import sys
 import warnings
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from typing import Any, Callable, Optional, Sequence
 
@@ -153,51 +157,67 @@ class _AttackBatches:
             return
         if self.device.type != "cpu":
             raise ValueError(f"workers > 1 runs forked CPU processes; on {self.device.type} evaluate with one")
-        if not autograd_survives_fork():
-            warnings.warn("--workers: PyTorch refuses autograd in processes forked from this one (it has started "
-                          "autograd threads, https://github.com/pytorch/pytorch/wiki/Autograd-and-Fork); attacking "
-                          "the batches here, one after the other: the same results, without the workers' speed-up")
+        threads = threads_per_worker(workers)
+        if not autograd_survives_fork(threads):
+            warnings.warn("--workers: a process forked from this one cannot run autograd (PyTorch refuses it once "
+                          "autograd or OpenMP threads have started here, https://github.com/pytorch/pytorch/wiki/"
+                          "Autograd-and-Fork); attacking the batches in this process, one after the other: the same "
+                          "results, without the workers' speed-up")
             for i in todo:
                 yield i, self(i)
             return
-        import multiprocessing
+        yield from self._forked(todo, min(workers, len(todo)), threads)
 
+    def _forked(self, todo: list[int], workers: int, threads: int):
         global _FORKED
         _FORKED = self  # inherited by the forked workers: nothing is pickled but batch numbers and results
-        threads = threads_per_worker(workers)
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_start_worker,
+                                   initargs=(threads,))
         try:
-            with multiprocessing.get_context("fork").Pool(min(workers, len(todo)), _start_worker, (threads,)) as pool:
-                for i, mask, stages in pool.imap_unordered(_work, todo):
-                    if stages:
-                        self.attack.add_stage_log(stages)
-                    yield i, torch.tensor(mask, dtype=torch.bool)
+            for future in as_completed([pool.submit(_work, i) for i in todo]):
+                i, mask, stages = future.result()
+                if stages:
+                    self.attack.add_stage_log(stages)
+                yield i, torch.tensor(mask, dtype=torch.bool)
+        except BrokenProcessPool as e:  # multiprocessing.Pool would wait for the dead worker forever
+            raise RuntimeError(f"{self.desc}: a worker process died (killed, out of memory, or aborted after the "
+                               "fork); the batches reported so far are kept: rerun with --resume, or with "
+                               "--workers 1") from e
         finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # a stopped caller waits for the batches under way only
             _FORKED = None
 
 
 _FORKED: Optional[_AttackBatches] = None
 
 
-def autograd_survives_fork() -> bool:
-    """Whether a process forked from this one can run a backward pass.
+def autograd_survives_fork(threads: int = 1, timeout_s: float = 60.0) -> bool:
+    """Whether a process forked from this one, with ``threads`` torch threads, can run a backward pass.
 
     Once a process has started autograd's helper threads, PyTorch refuses backward in its forked
     children ("Unable to handle autograd's threading in combination with fork-based
-    multiprocessing"); a forked probe finds out before the workers do.
+    multiprocessing"), and a child forked while other threads hold locks may abort or hang: a
+    forked probe finds out before the workers do.
     """
-    import multiprocessing
-
-    with multiprocessing.get_context("fork").Pool(1) as pool:
-        return pool.apply(_backward_works)
-
-
-def _backward_works() -> bool:
-    x = torch.ones(2, requires_grad=True)
-    try:
-        (2 * x).sum().backward()
-    except RuntimeError:
+    probe = multiprocessing.get_context("fork").Process(target=_probe_backward, args=(threads,))
+    probe.start()
+    probe.join(timeout_s)
+    if probe.is_alive():
+        probe.kill()
+        probe.join()
         return False
-    return bool(torch.equal(x.grad, torch.full((2,), 2.0)))
+    return probe.exitcode == 0
+
+
+def _probe_backward(threads: int) -> None:
+    ok = False
+    try:
+        torch.set_num_threads(threads)
+        x = torch.ones(2, requires_grad=True)
+        (2 * x).sum().backward()
+        ok = bool(torch.equal(x.grad, torch.full((2,), 2.0)))
+    finally:
+        os._exit(0 if ok else 1)  # no traceback, no atexit handlers of the parent's
 
 
 def threads_per_worker(workers: int) -> int:
