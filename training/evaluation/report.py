@@ -130,16 +130,21 @@ def _fmt_cpu(env: dict) -> str:
     return f" ({env['cpu']})" if env.get("cpu") else ""
 
 
-def _fmt_reused(attacks: list[dict], env: dict) -> list[str]:
-    """One line per earlier run whose attacks ``--resume`` reused: their seconds are that run's."""
+def reused_runs(attacks: list[dict], env: dict) -> list[str]:
+    """"<labels>: <date>, device <d> (<cpu>), commit <c>" for each earlier run whose attacks a
+    ``--resume`` reused (their ``ran`` differs from the report's environment)."""
     earlier: dict[tuple, list[str]] = {}
     for r in attacks:
         ran = r.get("ran")
         if ran and (ran.get("date"), ran.get("git_commit")) != (env.get("date"), env.get("git_commit")):
             earlier.setdefault((ran.get("date"), ran.get("device"), ran.get("cpu"), ran.get("git_commit")), []).append(r["label"])
-    return [f"- reused from an earlier run (--resume): {', '.join(labels)}: {date}, device {device}"
-            f"{f' ({cpu})' if cpu else ''}, commit {str(commit)[:10]}"
+    return [f"{', '.join(labels)}: {date}, device {device}{f' ({cpu})' if cpu else ''}, commit {str(commit)[:10]}"
             for (date, device, cpu, commit), labels in earlier.items()]
+
+
+def _fmt_reused(attacks: list[dict], env: dict) -> list[str]:
+    """One line per earlier run whose attacks ``--resume`` reused: their seconds are that run's."""
+    return [f"- reused from an earlier run (--resume): {line}" for line in reused_runs(attacks, env)]
 
 
 def _fmt_execution(execution: Optional[dict]) -> str:

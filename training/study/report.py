@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Optional
 
 from training.config import parse_eps
-from training.evaluation.report import plot_accuracy_vs_eps
+from training.evaluation.report import plot_accuracy_vs_eps, reused_runs
 from training.pauses import LEDGER
 from training.study.checks import TOL, Finding, cross_attack_checks, report_checks
 from training.study.measures import COLUMNS, NOT_RUN, attack_of, clean_of, duration, pct
@@ -262,8 +262,9 @@ def _source_line(row: Row) -> str:
     for path, rep in row.reports:
         env = rep.get("environment", {})
         parts[-1] += ";"
+        earlier = "".join(f"; attacks reused from an earlier run: {line}" for line in reused_runs(rep.get("attacks", []), env))
         parts.append(f"eval `{row.show(path)}` (`{env.get('command')}`, {env.get('device')}, commit "
-                     f"{str(env.get('git_commit'))[:10]})")
+                     f"{str(env.get('git_commit'))[:10]}{earlier})")
     return " ".join(parts)
 
 

@@ -358,3 +358,17 @@ def test_recorded_pauses_are_not_training_time(tmp_path):
     md, _, _ = build_study(spec, tmp_path)
     assert table_row(md, "C-LEAD (`clead`)")[9] == "1.00 h (+ 1.00 h paused, `runs/cifar10-clead/pauses.jsonl`)"
     assert "training wall time 1.00x (1.00 h vs 1.00 h)" in md  # 7200 s on the clock, 3600 s of them paused
+
+
+def test_sources_name_the_earlier_run_of_attacks_a_resume_reused(tmp_path):
+    spec = main_rows(tmp_path)
+    path = tmp_path / "runs" / "eval-clead" / "report.json"
+    report = json.loads(path.read_text())
+    report["environment"]["date"] = "2026-02-01T00:00:00+00:00"
+    report["attacks"][-1]["ran"] = {"date": "2026-01-01T00:00:00+00:00", "device": "cpu", "cpu": "AMD EPYC",
+                                    "git_commit": "abc1234"}
+    path.write_text(json.dumps(report))
+    md, _, _ = build_study(spec, tmp_path)
+    line = next(x for x in md.splitlines() if x.startswith("- C-LEAD: run"))
+    assert "attacks reused from an earlier run: autoattack: 2026-01-01T00:00:00+00:00, device cpu (AMD EPYC), commit abc1234" in line
+    assert "reused" not in next(x for x in md.splitlines() if x.startswith("- PGD-AT: run"))
