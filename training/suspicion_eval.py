@@ -123,6 +123,8 @@ def evaluate_model(artifact: Path, x: torch.Tensor, y: torch.Tensor, config: Eva
     clean = scores_of(model, x, config.batch_size)
     result: dict[str, Any] = {
         "artifact": str(artifact), "sha256": meta["sha256"], "threshold": threshold, "n": len(x),
+        "calibration_images": meta["suspicion"].get("calibration_images"),
+        "prototype_images": meta["suspicion"].get("prototype_images"),
         "clean_acc": round(float((clean["pred"] == y).float().mean()), 4),
         "clean_flagged_rate": round(float((clean["cal"] > threshold).float().mean()), 4),
         "attacks": {}, "adaptive": {},
@@ -185,15 +187,24 @@ def _fmt(v: Any, digits: int = 3) -> str:
     return "n/a" if v is None else (f"{v:.{digits}f}" if isinstance(v, float) else str(v))
 
 
+def _sample_sizes(models: Mapping[str, Any]) -> str:
+    """"Validation / prototype images: clead 2,000 / 5,000; ..." from each model's augmented metadata."""
+    def count(v: Any) -> str:
+        return f"{v:,}" if isinstance(v, int) else "not recorded"
+
+    sizes = [f"{name} {count(r.get('calibration_images'))} / {count(r.get('prototype_images'))}" for name, r in models.items()]
+    return f"Validation / prototype images: {'; '.join(sizes)}." if sizes else ""
+
+
 def markdown(results: Mapping[str, Any], command: str = "") -> str:
     cfg = results["config"]
     lines = [
         "## Suspicion score: does it flag adversarial images?", "",
         "Each answer of an augmented artifact carries `suspicion` in [0, 1]: the share of clean validation "
-        "images (the training split's 1,000-image hold-out) whose embedding lies closer to the prototype of "
+        "images (the hold-out of the model's training run) whose embedding lies closer to the prototype of "
         "its predicted class than this image's does (cosine distance of the penultimate features from the mean "
-        "unit-normalised features of 5,000 training images of that class). `flagged` is `suspicion > 0.95`, "
-        "which flags 5% of clean validation images by construction.", "",
+        "unit-normalised features of that class's training images). `flagged` is `suspicion > 0.95`, "
+        f"which flags 5% of clean validation images by construction. {_sample_sizes(results['models'])}", "",
         f"Test split, n = {cfg['n']} images (seed {cfg['seed']}), L-inf eps = {cfg['eps'] * 255:.0f}/255. "
         "ROC AUC: clean vs adversarial images on the raw score (0.5 = chance); *fooled*: only the adversarial "
         "images that changed a correct prediction; detection: flagged share of those.", "",

@@ -68,3 +68,7 @@ def test_evaluate_model_writes_rows_and_markdown(scored_tiny, tmp_path):
     saved = json.loads((tmp_path / "out" / "tiny.json").read_text())
     assert saved["attacks"]["fgsm"] == fgsm
     assert markdown(results).count("| tiny |") == 3
+    # The sample sizes are the artifact's own (clead-train suspicion augment --val-size), not assumed.
+    meta = json.loads(artifact.with_suffix(".json").read_text())["suspicion"]
+    assert result["calibration_images"] == meta["calibration_images"]
+    assert f"tiny {meta['calibration_images']:,} / {meta['prototype_images']:,}" in text
