@@ -369,11 +369,7 @@ def evaluate(
     try:
         with torch.no_grad():
             n_classes = int(model(subset.images[:1].to(device).float() / 255).shape[1])
-        start = clock()
-        clean = correct_mask(model, subset, batch_size, device, progress)
-        report: dict[str, Any] = {"eps": eps, "data": data_info, "clean": {
-            "accuracy": clean.float().mean().item(), "n": len(subset), "seconds": clock() - start,
-            "correct_mask": _mask_str(clean)}, "attacks": []}
+        clean, report = _clean_report(model, subset, data_info, eps, batch_size, device, progress)
 
         def save_partial(partial: dict) -> None:  # after each batch of the attack that runs
             if on_update:
@@ -387,14 +383,23 @@ def evaluate(
                              workers, unfinished, save_partial)
             report["attacks"].append(entry)
             report["worst_case"] = worst_case(report)
-            if pending and pending.get("attack") == spec.name:
-                pending = None
+            pending = None if pending and pending.get("attack") == spec.name else pending
             if on_update:
                 on_update({**report, "partial": pending} if pending else report)
         report["worst_case"] = worst_case(report)  # also with no attacks
         return {**report, "partial": pending} if pending else report
     finally:
         model.train(was_training)
+
+
+def _clean_report(model, subset: ImageSet, data_info: dict, eps: float, batch_size: int, device: torch.device,
+                  progress: bool) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The clean-correct mask, and the report that starts with it (no attacks yet)."""
+    start = clock()
+    clean = correct_mask(model, subset, batch_size, device, progress)
+    return clean, {"eps": eps, "data": data_info, "clean": {
+        "accuracy": clean.float().mean().item(), "n": len(subset), "seconds": clock() - start,
+        "correct_mask": _mask_str(clean)}, "attacks": []}
 
 
 def _subset_of(data: ImageSet, n: Optional[int], seed: int) -> tuple[ImageSet, dict]:
