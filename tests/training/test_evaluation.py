@@ -162,6 +162,7 @@ def test_workers_attack_the_same_batches_to_the_same_result(trained_tiny):
     attacks = "pgd:steps=3,square:queries=20,autoattack:steps=2:queries=10"
     threads = torch.get_num_threads()
     one = evaluate(model, test, attacks, n=60, batch_size=16, progress=False)
+    assert round(one["clean"]["accuracy"] * one["clean"]["n"]) > 16  # two batches or more: workers run
     torch.set_num_threads(2)  # two workers of one thread each, as on the 2-core CI machine
     try:
         two = evaluate(model, test, attacks, n=60, batch_size=16, progress=False, workers=2)
