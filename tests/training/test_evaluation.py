@@ -184,8 +184,8 @@ def test_workers_that_could_not_run_autograd_leave_the_batches_to_this_process(t
     assert runner.autograd_survives_fork()  # this test process: plain backward passes only
     model, test = trained_tiny
     one = evaluate(model, test, "pgd:steps=3", n=40, batch_size=4, progress=False)
-    # Workers only come into play with two batches or more (of the clean-correct images); batches of
-    # 4 keep that true whatever the tiny model's accuracy on this CPU.
+    # Workers only come into play with two batches or more (of the clean-correct images): batches of
+    # 4 give several at the tiny model's accuracy (16 of these 40 on one CPU made a single batch of 16).
     assert round(one["clean"]["accuracy"] * one["clean"]["n"]) > 4
     monkeypatch.setattr(runner, "autograd_survives_fork", lambda threads: False)
     monkeypatch.setattr("multiprocessing.get_context", lambda *a: pytest.fail("forked workers anyway"))
